@@ -1,0 +1,59 @@
+"""Clusters and users_mapping rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cigri.clusters.base import ClusterInfo
+from cigri.db.schema import clusters, users_mapping
+from cigri.errors import NotFound
+
+
+def get_cluster(conn: Connection, cluster_id: int | None = None, name: str | None = None) -> ClusterInfo:
+    """By id (enabled or not), or by name (enabled only, as CiGri3)."""
+    q = sa.select(clusters)
+    if cluster_id is not None:
+        q = q.where(clusters.c.id == cluster_id)
+    elif name is not None:
+        q = q.where(clusters.c.name == name, clusters.c.enabled.is_(True))
+    else:
+        raise NotFound("A cluster needs an id or a name")
+    row = conn.execute(q).mappings().first()
+    if row is None:
+        raise NotFound(f"Cluster {cluster_id if cluster_id is not None else name} not found")
+    return ClusterInfo.from_row(row)
+
+
+def list_clusters(conn: Connection, enabled_only: bool = True) -> list[ClusterInfo]:
+    q = sa.select(clusters).order_by(clusters.c.id)
+    if enabled_only:
+        q = q.where(clusters.c.enabled.is_(True))
+    return [ClusterInfo.from_row(r) for r in conn.execute(q).mappings()]
+
+
+def cluster_ids_by_name(conn: Connection, names: list[str]) -> dict[str, int]:
+    """Known cluster names (enabled or not) -> id (spec AC-12)."""
+    if not names:
+        return {}
+    q = sa.select(clusters.c.name, clusters.c.id).where(clusters.c.name.in_(names))
+    return {r.name: int(r.id) for r in conn.execute(q)}
+
+
+def add_cluster(conn: Connection, **values: Any) -> int:
+    return int(conn.execute(clusters.insert().values(**values).returning(clusters.c.id)).scalar_one())
+
+
+def set_enabled(conn: Connection, cluster_id: int, enabled: bool) -> None:
+    res = conn.execute(clusters.update().where(clusters.c.id == cluster_id).values(enabled=enabled))
+    if not res.rowcount:
+        raise NotFound(f"Cluster {cluster_id} not found")
+
+
+def user_mapping(conn: Connection, cluster_id: int) -> dict[str, str]:
+    """grid_login -> cluster_login (or "Bearer <jwt>") for one cluster."""
+    q = sa.select(users_mapping.c.grid_login, users_mapping.c.cluster_login).where(
+        users_mapping.c.cluster_id == cluster_id)
+    return {r.grid_login: r.cluster_login for r in conn.execute(q) if r.cluster_login is not None}

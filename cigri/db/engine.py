@@ -1,0 +1,108 @@
+"""Connections to PostgreSQL (psycopg 3) or SQLite, and the one way to open a
+transaction. Every state change in CiGri is one `with transaction(engine) as conn:`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import URL
+
+from cigri.config import Conf, get_conf
+
+log = logging.getLogger("cigri.db")
+
+_engines: dict[str, Engine] = {}
+
+
+def database_url(conf: Conf) -> URL:
+    if conf.get("DATABASE_TYPE") == "SQLite":
+        path = conf.get("DATABASE_PATH") or ":memory:"
+        return URL.create("sqlite", database=path)
+    return URL.create(
+        "postgresql+psycopg",
+        username=conf.get("DATABASE_USER_NAME"),
+        password=conf.get("DATABASE_USER_PASSWORD"),
+        host=conf.get("DATABASE_HOST"),
+        port=conf.get("DATABASE_PORT"),
+        database=conf.get("DATABASE_NAME"),
+        query={"sslmode": conf.get("DATABASE_SSL_MODE")},
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+    # Let SQLAlchemy's begin() issue BEGIN IMMEDIATE so writers queue instead of deadlocking.
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(conf: Conf | None = None, url: str | URL | None = None, **kw: Any) -> Engine:
+    conf = conf or get_conf()
+    u = sa.make_url(url) if url is not None else database_url(conf)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        eng = sa.create_engine(u, connect_args={"timeout": 60, "check_same_thread": False}, **kw)
+        sa.event.listen(eng, "connect", _sqlite_pragmas)
+        sa.event.listen(eng, "begin", _sqlite_begin)
+        return eng
+    kw.setdefault("pool_pre_ping", True)
+    kw.setdefault("pool_size", 5)
+    kw.setdefault("max_overflow", 10)
+    return sa.create_engine(u, **kw)
+
+
+def get_engine(conf: Conf | None = None) -> Engine:
+    """One engine per process and database (created after fork: engines are not fork-safe)."""
+    conf = conf or get_conf()
+    key = f"{os.getpid()}:{database_url(conf).render_as_string(hide_password=False)}"
+    eng = _engines.get(key)
+    if eng is None:
+        eng = _engines[key] = make_engine(conf)
+    return eng
+
+
+def reset_engines() -> None:
+    for e in _engines.values():
+        e.dispose(close=False)
+    _engines.clear()
+
+
+def is_sqlite(bind: Engine | Connection) -> bool:
+    return bind.dialect.name == "sqlite"
+
+
+@contextmanager
+def transaction(engine: Engine | None = None) -> Iterator[Connection]:
+    """One database transaction: committed on success, rolled back on any exception."""
+    eng = engine or get_engine()
+    with eng.begin() as conn:
+        yield conn
+
+
+def wait_for_database(engine: Engine, delay: float | None = None) -> None:
+    """CiGri3 retries forever when the database is down: log, sleep, retry."""
+    delay = delay if delay is not None else get_conf().get("DB_RECONNECT_DELAY")
+    while True:
+        try:
+            with engine.connect() as c:
+                c.execute(sa.text("SELECT 1"))
+            return
+        except sa.exc.OperationalError as e:
+            log.error("Database not reachable (%s); retrying in %.0f s", str(e).splitlines()[0], delay)
+            time.sleep(delay)

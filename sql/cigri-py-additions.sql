@@ -1,0 +1,30 @@
+-- Additive changes of CiGri-py over the CiGri 3.2 schema. Idempotent: run by
+-- `cigri-db init` after cigri3.sql and by `cigri-db upgrade` on an existing
+-- CiGri3 database. Each item is explained in docs/compat.md.
+
+-- New batch types (adapter modules in cigri/clusters/).
+ALTER TYPE api ADD VALUE IF NOT EXISTS 'local';
+
+-- CiGri3 3.0/3.1 databases lack api_limit.
+ALTER TABLE clusters ADD COLUMN IF NOT EXISTS api_limit INTEGER NOT NULL DEFAULT 100;
+
+-- Real batch identifiers for grouped submissions (spec 15.2 #12).
+CREATE SEQUENCE IF NOT EXISTS batch_id_seq;
+
+-- Indexes that keep every daemon's cost proportional to the work in flight,
+-- not to the size of the tables.
+CREATE INDEX IF NOT EXISTS jobs_idx_cluster_state ON jobs (cluster_id, state);
+CREATE INDEX IF NOT EXISTS jobs_idx_active ON jobs (campaign_id, cluster_id, state)
+  WHERE state IN ('to_launch', 'launching', 'submitted', 'running', 'remote_waiting', 'batch_waiting');
+CREATE INDEX IF NOT EXISTS bag_of_tasks_idx_sched ON bag_of_tasks (campaign_id, priority DESC, id);
+CREATE INDEX IF NOT EXISTS bag_of_tasks_idx_param_id ON bag_of_tasks (param_id);
+CREATE INDEX IF NOT EXISTS jobs_to_launch_idx_task_id ON jobs_to_launch (task_id);
+CREATE INDEX IF NOT EXISTS events_idx_open ON events (class, code) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS events_idx_unnotified ON events (id) WHERE notified = false;
+CREATE INDEX IF NOT EXISTS tasks_affinity_idx_param_cluster ON tasks_affinity (param_id, cluster_id);
+CREATE INDEX IF NOT EXISTS grid_usage_idx_cluster_date ON grid_usage (cluster_id, date);
+
+-- The null parameter used by prologue/epilogue jobs (CiGri3 creates it at almighty start).
+INSERT INTO parameters (id, campaign_id, name, param)
+  SELECT 0, 0, 'null', 'null parameter for special jobs, dont delete!'
+  WHERE NOT EXISTS (SELECT 1 FROM parameters WHERE id = 0);

@@ -1,0 +1,121 @@
+"""Shared fixtures: a real PostgreSQL database per test session (created and dropped
+here), a SQLite database per test, and configurations built in memory.
+
+PostgreSQL is reached through CIGRI_TEST_PG (default: role cigri on 127.0.0.1, as
+tools/pg-setup creates it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from cigri.config import Conf, set_conf
+from cigri.db import schema
+from cigri.db.admin import init_schema
+from cigri.db.engine import make_engine, reset_engines
+
+PG_BASE = os.environ.get("CIGRI_TEST_PG", "postgresql+psycopg://cigri:cigri@127.0.0.1:5432")
+TABLES = [t.name for t in schema.metadata.sorted_tables]
+
+
+def _admin_engine() -> Engine:
+    return sa.create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_dbname() -> Iterator[str]:
+    """A fresh PostgreSQL database with the CiGri schema, dropped at the end of the session."""
+    name = f"cigri_test_{os.getpid()}"
+    adm = _admin_engine()
+    with adm.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        c.execute(sa.text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
+    eng = sa.create_engine(f"{PG_BASE}/{name}")
+    init_schema(eng)
+    eng.dispose()
+    yield name
+    reset_engines()
+    with adm.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    adm.dispose()
+
+
+def pg_conf_values(dbname: str) -> dict[str, str]:
+    url = sa.make_url(f"{PG_BASE}/{dbname}")
+    return {"DATABASE_TYPE": "PostgreSQL", "DATABASE_HOST": url.host or "127.0.0.1",
+            "DATABASE_PORT": str(url.port or 5432), "DATABASE_NAME": dbname,
+            "DATABASE_USER_NAME": url.username or "cigri", "DATABASE_USER_PASSWORD": url.password or "cigri",
+            "DATABASE_SSL_MODE": "disable"}
+
+
+@pytest.fixture(scope="session")
+def pg_engine_session(pg_dbname: str) -> Iterator[Engine]:
+    eng = make_engine(Conf(values=pg_conf_values(pg_dbname)))
+    yield eng
+    eng.dispose()
+
+
+def clean_database(engine: Engine) -> None:
+    """Empty every table (ids restart) and put back the null parameter."""
+    with engine.begin() as c:
+        if engine.dialect.name == "postgresql":
+            c.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in TABLES) + " RESTART IDENTITY"))
+        else:
+            for t in TABLES:
+                c.execute(sa.text(f'DELETE FROM "{t}"'))
+            c.execute(sa.text("DELETE FROM sqlite_sequence"))
+        c.execute(schema.parameters.insert().values(
+            id=0, campaign_id=0, name="null", param="null parameter for special jobs, dont delete!"))
+
+
+@pytest.fixture
+def pg_conf(pg_dbname: str, tmp_path: Path) -> Iterator[Conf]:
+    conf = Conf(values=pg_conf_values(pg_dbname) | {"LOG_FILE": "STDERR"})
+    set_conf(conf)
+    yield conf
+    set_conf(None)
+
+
+@pytest.fixture
+def pg_engine(pg_engine_session: Engine, pg_conf: Conf) -> Engine:
+    """A clean PostgreSQL database (all tables emptied before the test)."""
+    clean_database(pg_engine_session)
+    return pg_engine_session
+
+
+@pytest.fixture
+def sqlite_conf(tmp_path: Path) -> Iterator[Conf]:
+    conf = Conf(values={"DATABASE_TYPE": "SQLite", "DATABASE_PATH": str(tmp_path / "cigri.sqlite"),
+                        "LOG_FILE": "STDERR"})
+    set_conf(conf)
+    yield conf
+    set_conf(None)
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_conf: Conf) -> Iterator[Engine]:
+    eng = make_engine(sqlite_conf)
+    init_schema(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Run the test on both databases."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_engine")
+    return request.getfixturevalue("sqlite_engine")
+
+
+def add_cluster(engine: Engine, name: str = "c1", batch: str = "oar2_5",
+                api_url: str = "http://127.0.0.1:6668/oarapi/", **kw: object) -> int:
+    values = {"name": name, "api_url": api_url, "batch": batch, "api_auth_type": "none",
+              "resource_unit": "core", "enabled": True} | kw
+    with engine.begin() as c:
+        return int(c.execute(schema.clusters.insert().values(**values).returning(schema.clusters.c.id)).scalar_one())
