@@ -1,0 +1,239 @@
+"""Administrator tools, run on the CiGri server with database access (spec §12.10):
+`cigri-admin cluster add|list|enable|disable|test`, `cigri-admin api-token USER`,
+CiGri3's `newcluster` (11 positional arguments) and `grid_test_cluster -c -f -u`."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pwd
+import sys
+from typing import Any
+
+import click
+
+from cigri.cli.client import CONTEXT, CliError, echo_json, run_command, version_option
+
+BATCH_TYPES = ("oar2_5", "g5k", "oar3", "local")
+AUTH_TYPES = ("none", "password", "cert", "jwt")
+
+
+def _engine() -> Any:
+    from cigri.config import get_conf
+    from cigri.db.engine import get_engine
+
+    return get_engine(get_conf())
+
+
+def _add_cluster(values: dict[str, Any]) -> int:
+    from cigri.db.clusters import add_cluster
+    from cigri.db.engine import transaction
+
+    if values["batch"] not in BATCH_TYPES:
+        raise CliError(f"\"{values['batch']}\" is not a valid batch system type. Valid types are: "
+                       + ", ".join(BATCH_TYPES))
+    if values.get("api_auth_type") not in AUTH_TYPES:
+        raise CliError(f"\"{values.get('api_auth_type')}\" is not a valid auth type. Valid types are: "
+                       + ", ".join(AUTH_TYPES))
+    with transaction(_engine()) as conn:
+        return add_cluster(conn, **{k: v for k, v in values.items() if v is not None})
+
+
+@click.group(context_settings=CONTEXT)
+@version_option("cigri-admin")
+def cli() -> None:
+    """Administer the CiGri grid (clusters, API tokens). Needs access to the CiGri database."""
+
+
+@cli.group()
+def cluster() -> None:
+    """Add, list, enable, disable or test clusters."""
+
+
+@cluster.command("add")
+@click.argument("name")
+@click.argument("api_url")
+@click.option("--batch", type=click.Choice(BATCH_TYPES), default="oar2_5", show_default=True)
+@click.option("--auth", "auth_type", type=click.Choice(AUTH_TYPES), default="none", show_default=True)
+@click.option("--username", help="api_username (auth password/cert).")
+@click.option("--password", help="api_password (auth password).")
+@click.option("--auth-header", help="Header carrying the user name (default X_REMOTE_IDENT).")
+@click.option("--ssh-host", default="", help="Frontend host.")
+@click.option("--resource-unit", default="resource_id", show_default=True)
+@click.option("--power", type=int, default=None)
+@click.option("--properties", default="", help="OAR properties selecting this logical cluster.")
+@click.option("--disabled", is_flag=True, help="Add it disabled.")
+def cluster_add(name: str, api_url: str, batch: str, auth_type: str, username: str | None, password: str | None,
+                auth_header: str | None, ssh_host: str, resource_unit: str, power: int | None, properties: str,
+                disabled: bool) -> None:
+    """Add a cluster NAME reachable at API_URL."""
+    cid = _add_cluster({"name": name, "api_url": api_url, "batch": batch, "api_auth_type": auth_type,
+                        "api_username": username, "api_password": password, "api_auth_header": auth_header or None,
+                        "ssh_host": ssh_host, "resource_unit": resource_unit, "power": power,
+                        "properties": properties, "enabled": not disabled})
+    click.echo(f"Cluster {name} added with id {cid}")
+
+
+@cluster.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def cluster_list(as_json: bool) -> None:
+    """All clusters, enabled or not."""
+    from cigri.db.clusters import list_clusters
+
+    with _engine().connect() as conn:
+        cls = list_clusters(conn, enabled_only=False)
+    if as_json:
+        echo_json([{k: v for k, v in c.__dict__.items() if k not in ("api_password",)} for c in cls])
+        return
+    for c in cls:
+        click.echo(f"{c.id}: {c.name} {c.batch} {c.api_url} auth={c.api_auth_type}"
+                   + ("" if c.enabled else " (disabled)"))
+
+
+def _set_enabled(cluster_id: int, enabled: bool) -> None:
+    from cigri.db.clusters import set_enabled
+    from cigri.db.engine import transaction
+    from cigri.errors import NotFound
+
+    try:
+        with transaction(_engine()) as conn:
+            set_enabled(conn, cluster_id, enabled)
+    except NotFound as e:
+        raise CliError(str(e)) from None
+    click.echo(f"Cluster {cluster_id} {'enabled' if enabled else 'disabled'}")
+
+
+@cluster.command("enable")
+@click.argument("cluster_id", type=int)
+def cluster_enable(cluster_id: int) -> None:
+    """Enable a cluster (its runner starts at the next almighty cycle)."""
+    _set_enabled(cluster_id, True)
+
+
+@cluster.command("disable")
+@click.argument("cluster_id", type=int)
+def cluster_disable(cluster_id: int) -> None:
+    """Disable a cluster."""
+    _set_enabled(cluster_id, False)
+
+
+@cluster.command("test")
+@click.argument("cluster_name")
+@click.option("-u", "--user", required=True, help="Grid login to submit as.")
+@click.option("-f", "--file", "path", type=click.Path(dir_okay=False), help="Job description (JSON or Ruby hash).")
+def cluster_test(cluster_name: str, user: str, path: str | None) -> None:
+    """Submit a test job on a cluster as USER and print its id and state."""
+    _test_submit(cluster_name, path, user)
+
+
+@cli.command("api-token")
+@click.argument("user")
+@click.option("--lifetime", type=int, default=None, help="Seconds (default API_JWT_LIFETIME).")
+def api_token(user: str, lifetime: int | None) -> None:
+    """Print a CiGri API bearer token for USER (reads the JWT secret: run as root)."""
+    from cigri.api.auth import Authenticator, AuthError
+    from cigri.config import get_conf
+
+    try:
+        token, _ = Authenticator(get_conf()).issue(user, lifetime)
+    except AuthError as e:
+        raise CliError(e.message) from None
+    click.echo(token)
+
+
+def _read_job_description(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {"resources": "resource_id=1,walltime=300", "command": "sleep 30"}
+    try:
+        text = open(path, encoding="utf-8").read()  # noqa: SIM115 - tiny file
+    except OSError as e:
+        raise CliError(f"Cannot read {path}: {e.strerror}") from None
+    try:
+        d = json.loads(text)
+    except ValueError:
+        try:  # CiGri3 files are Ruby hashes: {"a"=>"b"}
+            d = ast.literal_eval(text.replace("=>", ":"))
+        except (ValueError, SyntaxError):
+            raise CliError(f"{path}: not a JSON object nor a Ruby hash") from None
+    if not isinstance(d, dict) or "command" not in d:
+        raise CliError(f"{path}: the job description needs at least a \"command\"")
+    return d
+
+
+def _test_submit(cluster_name: str, path: str | None, user: str) -> None:
+    from cigri.clusters import get_adapter
+    from cigri.clusters.base import ClusterAPIError, JobRequest
+    from cigri.config import get_conf
+    from cigri.db.clusters import get_cluster, user_mapping
+    from cigri.errors import NotFound
+
+    d = _read_job_description(path)
+    try:
+        with _engine().connect() as conn:
+            info = get_cluster(conn, name=cluster_name)
+            mapping = user_mapping(conn, info.id)
+    except NotFound as e:
+        raise CliError(str(e)) from None
+    res = str(d.get("resources") or "resource_id=1")
+    walltime = None
+    if "walltime=" in res:
+        res, _, walltime = res.partition(",walltime=")
+    req = JobRequest(command=str(d["command"]), resources=res if res.startswith("/") else "/" + res,
+                     walltime=walltime, property=d.get("property") or None, project=d.get("project") or None,
+                     directory=d.get("directory"))
+    adapter = get_adapter(info, get_conf(), mapping)
+    try:
+        ids = adapter.submit(req, user)
+        click.echo(f"Id: {ids[0]}")
+        click.echo(f"State: {adapter.get_job(ids[0], user).state}")
+    except ClusterAPIError as e:
+        raise CliError(f"Submission failed on {cluster_name}: {e.message}") from None
+    finally:
+        adapter.close()
+
+
+# --------------------------------------------------------------------------- CiGri3 scripts
+@click.command(context_settings=CONTEXT, epilog="Example: newcluster tchernobyl https://frontend/oarapi-secured/ "
+               "cert kameleon kameleon '' tchernobyl oar2_5 core 100 \"cluster='tchernobyl'\"")
+@click.argument("args", nargs=-1)
+def newcluster(args: tuple[str, ...]) -> int:
+    """newcluster <name> <api_url> <api_auth_type> <api_username> <api_password> <api_auth_header>
+    <ssh_host> <batch> <resource_unit> <power> <properties>"""
+    if len(args) != 11:
+        raise click.UsageError(f"exactly 11 arguments expected, got {len(args)}")
+    name, url, auth, username, password, header, ssh, batch, unit, power, props = args
+    try:
+        pw = int(power) if power else None
+    except ValueError:
+        raise CliError(f"power must be an integer, got {power!r}") from None
+    cid = _add_cluster({"name": name, "api_url": url, "api_auth_type": auth, "api_username": username or None,
+                        "api_password": password or None, "api_auth_header": header or None, "ssh_host": ssh,
+                        "batch": batch, "resource_unit": unit, "power": pw, "properties": props})
+    click.echo(f"Cluster {name} added with id {cid}")
+    return 0
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-c", "--cluster", "cluster_name", required=True, help="Cluster name.")
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False), help="Job description file.")
+@click.option("-u", "--user", required=True, help="Grid login to submit as.")
+def grid_test_cluster(cluster_name: str, path: str, user: str) -> int:
+    """Submit a test job on a cluster through CiGri's cluster library (as user cigri or root)."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if me not in ("cigri", "root"):
+        raise CliError("grid_test_cluster must be run as user cigri or root")
+    _test_submit(cluster_name, path, user)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_command(cli, argv))
+
+
+def newcluster_main(argv: list[str] | None = None) -> None:
+    sys.exit(run_command(newcluster, argv))
+
+
+def test_cluster_main(argv: list[str] | None = None) -> None:
+    sys.exit(run_command(grid_test_cluster, argv))

@@ -1,0 +1,291 @@
+"""The small HTTP client shared by the grid* commands.
+
+On the API host the commands talk to the Unix socket API_SOCKET: the server learns who
+we are from the kernel, so nothing is sent to prove it. Remote hosts use TCP (API_URL,
+or API_HOST/API_PORT/API_BASE as in CiGri3) with a bearer token from API_TOKEN_FILE."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
+
+from cigri import __version__
+from cigri.config import Conf
+from cigri.errors import ConfigError
+
+DEFAULT_CLIENT_CONF = "/etc/cigri/api-clients.conf"
+UNIX_BASE = "http+unix://cigri-api"
+
+
+# --------------------------------------------------------------------------- unix socket transport
+class _UnixConnection(HTTPConnection):
+    socket_path = ""
+
+    def _new_conn(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        t = self.timeout
+        if isinstance(t, int | float):
+            s.settimeout(t)
+        s.connect(self.socket_path)
+        return s
+
+
+class UnixSocketAdapter(HTTPAdapter):
+    """requests transport over a Unix socket (no extra dependency)."""
+
+    def __init__(self, path: str, **kw: Any) -> None:
+        self.socket_path = path
+        conn_cls = type("BoundUnixConnection", (_UnixConnection,), {"socket_path": path})
+        self._pool = HTTPConnectionPool("localhost", maxsize=4)
+        self._pool.ConnectionCls = conn_cls  # type: ignore[assignment]
+        super().__init__(**kw)
+
+    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None,
+                                        cert: Any = None) -> HTTPConnectionPool:
+        return self._pool
+
+    def get_connection(self, url: Any, proxies: Any = None) -> HTTPConnectionPool:
+        return self._pool
+
+    def request_url(self, request: Any, proxies: Any) -> str:
+        return str(request.path_url)
+
+    def close(self) -> None:
+        self._pool.close()
+        super().close()
+
+
+# --------------------------------------------------------------------------- errors
+class CliError(Exception):
+    """A message for the user and the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+_UNSET: Any = object()
+
+
+class ApiResponse:
+    def __init__(self, r: requests.Response) -> None:
+        self.status = r.status_code
+        self.headers = r.headers
+        self._r = r
+        self._body: Any = _UNSET
+
+    @property
+    def text(self) -> str:
+        return self._r.text
+
+    @property
+    def content(self) -> bytes:
+        return self._r.content
+
+    @property
+    def body(self) -> Any:
+        """The parsed JSON answer (parsed on first use: a raw dump never parses it)."""
+        if self._body is _UNSET:
+            try:
+                self._body = self._r.json()
+            except ValueError:
+                self._body = None
+        return self._body
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        self._body = value
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def message(self) -> str:
+        if isinstance(self.body, dict) and "message" in self.body:
+            return str(self.body["message"])
+        return self.text.strip() or f"HTTP {self.status}"
+
+
+# --------------------------------------------------------------------------- client
+def load_client_conf() -> Conf:
+    path = os.environ.get("CIGRICONFFILE")
+    if not path and os.path.isfile(DEFAULT_CLIENT_CONF):
+        path = DEFAULT_CLIENT_CONF
+    try:
+        return Conf(path) if path else Conf()
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+class ApiClient:
+    def __init__(self, conf: Conf | None = None) -> None:
+        self.conf = conf or load_client_conf()
+        c = self.conf
+        self.timeout = float(c.get("API_TIMEOUT"))
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"cigri-cli/{__version__}"
+        if c.exists("API_URL") and c.get("API_URL"):
+            self.base = str(c.get("API_URL")).rstrip("/")
+            self.where = self.base
+        elif (c.exists("API_HOST") or c.exists("API_PORT")) and not c.exists("API_SOCKET"):
+            ssl = c.exists("API_SSL") and str(c.get("API_SSL")).lower() != "false"
+            scheme = "https" if ssl else "http"
+            self.base = f"{scheme}://{c.get('API_HOST')}:{c.get('API_PORT')}{str(c.get('API_BASE')).rstrip('/')}"
+            self.where = self.base
+        else:
+            path = str(c.get("API_SOCKET"))
+            self.base = UNIX_BASE
+            self.where = f"unix socket {path}"
+            self.session.mount("http+unix://", UnixSocketAdapter(path))
+            self.session.trust_env = False
+        if not self.base.startswith(UNIX_BASE):
+            if "VERIFY_NONE" in str(c.get("API_VERIFY_SSL")).upper():
+                self.session.verify = False
+            token = self._token()
+            if token:
+                self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def _token(self) -> str | None:
+        path = Path(os.path.expanduser(str(self.conf.get("API_TOKEN_FILE"))))
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            return None
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://", "http+unix://")):
+            return path
+        return self.base + (path if path.startswith("/") else "/" + path)
+
+    def request(self, method: str, path: str, **kw: Any) -> ApiResponse:
+        kw.setdefault("timeout", (10, self.timeout))
+        try:
+            r = self.session.request(method, self.url(path), **kw)
+        except requests.ConnectionError as e:
+            raise CliError(f"API server not reachable at {self.where}: {_root_cause(e)}\n"
+                           "(is cigri-api running? see API_SOCKET / API_URL in api-clients.conf)") from None
+        except requests.Timeout:
+            raise CliError(f"API server at {self.where} did not answer within {self.timeout:.0f} s") from None
+        except requests.RequestException as e:
+            raise CliError(f"Request to {self.where} failed: {e}") from None
+        return ApiResponse(r)
+
+    def get_with_progress(self, path: str, label: str, **kw: Any) -> ApiResponse:
+        """GET with a download progress bar on a terminal (large job outputs)."""
+        if not sys.stderr.isatty():
+            return self.get(path, **kw)
+        kw.setdefault("timeout", (10, self.timeout))
+        try:
+            r = self.session.get(self.url(path), stream=True, **kw)
+            total = int(r.headers.get("content-length") or 0)
+            chunks: list[bytes] = []
+            if total > 1_000_000:
+                with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+                    for chunk in r.iter_content(256 * 1024):
+                        chunks.append(chunk)
+                        bar.update(len(chunk))
+                r._content = b"".join(chunks)
+            else:
+                r.content  # noqa: B018 - read the body now
+        except requests.ConnectionError as e:
+            raise CliError(f"API server not reachable at {self.where}: {_root_cause(e)}") from None
+        except requests.RequestException as e:
+            raise CliError(f"Request to {self.where} failed: {e}") from None
+        return ApiResponse(r)
+
+    def get(self, path: str, **kw: Any) -> ApiResponse:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> ApiResponse:
+        return self.request("POST", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> ApiResponse:
+        return self.request("DELETE", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> ApiResponse:
+        return self.request("PUT", path, **kw)
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__context__ is not None and not isinstance(e, OSError):
+        e = e.__context__
+    inner = e.args[0] if e.args and isinstance(e.args[0], BaseException) else e
+    s = str(inner)
+    if "No such file" in s or "FileNotFoundError" in s:
+        return "no such socket"
+    if "Connection refused" in s or "ConnectionRefused" in s:
+        return "connection refused"
+    return s.split(":")[-1].strip() or s
+
+
+# --------------------------------------------------------------------------- helpers for commands
+def err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def api_failure(r: ApiResponse, what: str) -> CliError:
+    """A non-2xx answer as the exit-1 error of a command (spec §15.2 #39)."""
+    if r.status == 403:
+        return CliError(f"{what}: not allowed: {r.message}")
+    return CliError(f"{what}: {r.message}")
+
+
+def progress_lines(lines: Iterable[bytes], total_bytes: int, label: str) -> Iterator[bytes]:
+    """Yield chunks while drawing a progress bar on a terminal (stderr) for large payloads."""
+    if total_bytes < 1_000_000 or not sys.stderr.isatty():
+        yield from lines
+        return
+    with click.progressbar(length=total_bytes, label=label, file=sys.stderr) as bar:
+        for chunk in lines:
+            bar.update(len(chunk))
+            yield chunk
+
+
+def run_command(cmd: click.Command, argv: list[str] | None = None) -> int:
+    """click with CiGri3's exit codes: usage errors and API errors exit 1, broken pipes silently."""
+    try:
+        rv = cmd.main(args=argv, standalone_mode=False)
+        return int(rv or 0) if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.UsageError as e:
+        e.show()
+        return 1
+    except click.Abort:
+        err("Aborted.")
+        return 1
+    except CliError as e:
+        if e.message:
+            err(e.message)
+        return e.code
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
+        except OSError:
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def version_option(name: str) -> Any:
+    return click.version_option(__version__, "--version", prog_name=name, message="%(prog)s v%(version)s")
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
