@@ -1,0 +1,213 @@
+"""The `local` batch type: jobs run on this machine by the local executor
+(`cigri.localexec`), reported in OAR's vocabulary so the engine needs no special case.
+
+The state directory is the path of the cluster's api_url (`local:///path`), else
+LOCAL_STATE_DIR, else `<user data dir>/local`. Jobs run as the local user (the one
+running CiGri's daemons): the grid `user` is only recorded as the job owner."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from cigri.clusters.base import (
+    ClusterAdapter,
+    ClusterAPIError,
+    ClusterAPIForbidden,
+    ClusterAPINotFound,
+    ClusterAPIServerError,
+    JobRequest,
+    RemoteJob,
+)
+from cigri.localexec.store import Record, Store, expand_dir, now, parse_resources, parse_walltime
+
+
+def state_dir_for(api_url: str | None, conf: Any = None) -> Path:
+    """Where a local cluster keeps its jobs."""
+    if api_url:
+        u = urlparse(api_url)
+        if u.scheme == "local" and (u.netloc or u.path) not in ("", "/"):
+            return Path(os.path.expanduser(u.netloc + u.path))
+    d = conf.get("LOCAL_STATE_DIR") if conf is not None else ""
+    if d:
+        return Path(os.path.expanduser(d))
+    from cigri.config import user_data_dir
+
+    return user_data_dir() / "local"
+
+
+def local_cores(conf: Any = None) -> int:
+    n = int(conf.get("LOCAL_CORES") or 0) if conf is not None else 0
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def _to_remote(rec: Record) -> RemoteJob:
+    return RemoteJob(
+        id=int(rec["id"]), state=rec["state"], exit_code=rec.get("exit_code"),
+        start_time=rec.get("start_time"), stop_time=rec.get("stop_time"),
+        submission_time=rec.get("submission_time"), events=list(rec.get("events") or []),
+        launching_directory=rec.get("launching_directory"), stdout_file=rec.get("stdout_file"),
+        stderr_file=rec.get("stderr_file"), command=rec.get("command"), owner=rec.get("owner"),
+        array_id=rec.get("array_id"), array_index=rec.get("array_index"), queue=rec.get("queue"),
+        types=list(rec.get("types") or []), resources=[{"id": c} for c in rec.get("cores") or []], raw=rec)
+
+
+def _properties_filter(properties: str | None) -> list[tuple[str, str]]:
+    import re
+
+    return re.findall(r"(\w+)\s*=\s*'([^']*)'", properties or "")
+
+
+class LocalAdapter(ClusterAdapter):
+    batch = "local"
+
+    def __init__(self, cluster: Any, conf: Any = None, mapping: Any = None):
+        super().__init__(cluster, conf=conf, mapping=mapping)
+        if self.conf is None:
+            from cigri.config import get_conf
+
+            self.conf = get_conf()
+        self.store = Store(state_dir_for(getattr(cluster, "api_url", None), self.conf))
+        self.cores = local_cores(self.conf)
+        self._ready = False
+
+    def _setup(self) -> None:
+        if not self._ready:
+            try:
+                self.store.setup()
+            except OSError as e:
+                raise ClusterAPIServerError(f"Local state directory {self.store.root}: {e}") from None
+            self._ready = True
+
+    # ------------------------------------------------------------------ interface
+    def check_api(self) -> bool:
+        try:
+            self._setup()
+        except ClusterAPIError:
+            return False
+        return os.access(self.store.root, os.W_OK)
+
+    def submit(self, request: JobRequest, user: str) -> list[int]:
+        """One array file for the whole request (cheap for thousands of tasks)."""
+        self._setup()
+        params = list(request.params)
+        if any("\n" in p for p in params):
+            raise ClusterAPIError("A parameter line contains a newline", code="SUBMIT_JOB", event_open=False)
+        ncores, rs_walltime = parse_resources(request.resources, self.cores)
+        try:
+            walltime = parse_walltime(request.walltime) if request.walltime else rs_walltime
+        except ValueError:
+            raise ClusterAPIError(f"Bad walltime {request.walltime!r}", code="SUBMIT_JOB",
+                                  event_open=False) from None
+        count = len(params) or 1
+        first = self.store.alloc_ids(count)
+        types = [t for t in request.types if t]
+        spec = {
+            "first": first, "count": count, "command": request.command,
+            "params": params if params else None, "name": request.name,
+            "directory": expand_dir(request.directory), "stdout": request.stdout, "stderr": request.stderr,
+            "owner": user or getpass.getuser(), "types": types, "besteffort": "besteffort" in types,
+            "ncores": ncores, "walltime": walltime, "submission_time": now(),
+            "resources": request.resources, "property": request.property, "project": request.project,
+        }
+        self.store.write_array(spec)
+        self.store.ensure_executor(self.cores)
+        return list(range(first, first + count))
+
+    def get_job(self, remote_id: int, user: str | None = None) -> RemoteJob:
+        try:
+            rid = int(remote_id)
+        except (TypeError, ValueError):
+            raise ClusterAPINotFound(f"Job {remote_id} not found on {self.cluster.name}") from None
+        rec = self.store.read_job(rid)
+        if rec is None:
+            raise ClusterAPINotFound(f"Job {remote_id} not found on {self.cluster.name}")
+        if rec.get("state") == "Waiting":
+            self.store.ensure_executor(self.cores)  # waiting work needs a live executor
+        return _to_remote(rec)
+
+    def get_jobs(self, remote_ids: Sequence[int]) -> dict[int, RemoteJob]:
+        out: dict[int, RemoteJob] = {}
+        waiting = False
+        for rid in remote_ids:
+            try:
+                rec = self.store.read_job(int(rid))
+            except (TypeError, ValueError):
+                continue
+            if rec is not None:
+                waiting = waiting or rec.get("state") == "Waiting"
+                out[int(rid)] = _to_remote(rec)
+        if waiting:
+            self.store.ensure_executor(self.cores)
+        return out
+
+    def delete_job(self, remote_id: int, user: str) -> None:
+        rec = self.store.read_job(int(remote_id))
+        if rec is None:
+            raise ClusterAPINotFound(f"Job {remote_id} not found on {self.cluster.name}")
+        if rec.get("state") in ("Terminated", "Error"):
+            return
+        self._setup()
+        self.store.request_delete(int(remote_id))
+        self.store.ensure_executor(self.cores)
+
+    def get_file(self, path: str, user: str, tail: int = 0) -> str:
+        p = os.path.expandvars(os.path.expanduser(path))
+        try:
+            with open(p, "rb") as f:
+                if tail and tail > 0:
+                    data = _tail_bytes(f, tail)
+                else:
+                    data = f.read()
+        except FileNotFoundError:
+            raise ClusterAPINotFound(f"File {path} not found") from None
+        except IsADirectoryError:
+            raise ClusterAPINotFound(f"{path} is a directory") from None
+        except PermissionError:
+            raise ClusterAPIForbidden(f"Permission denied reading {path}") from None
+        return data.decode("utf-8", errors="replace")
+
+    def delete_file(self, path: str, user: str) -> None:
+        p = os.path.expandvars(os.path.expanduser(path))
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            raise ClusterAPINotFound(f"File {path} not found") from None
+        except PermissionError:
+            raise ClusterAPIForbidden(f"Permission denied deleting {path}") from None
+
+    def get_resources(self) -> list[dict[str, Any]]:
+        host = socket.gethostname()
+        res = [{"id": i, "resource_id": i, "core": i, "cpu": 1, "cpuset": i - 1, "state": "Alive",
+                "network_address": host, "host": host, "type": "default", "besteffort": "YES",
+                "available_upto": 2147483647, "cluster": self.cluster.name}
+               for i in range(1, self.cores + 1)]
+        wanted = _properties_filter(self.cluster.properties)
+        return [r for r in res if all(str(r.get(k)) == v for k, v in wanted)]
+
+    def get_running_jobs(self) -> list[RemoteJob]:
+        return [_to_remote(r) for r in self.store.running_records()]
+
+    def get_stress_factor(self) -> float:
+        return 0.0
+
+
+def _tail_bytes(f: Any, lines: int) -> bytes:
+    """Last `lines` lines of a file, reading backwards (stderr files can be large)."""
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    block = 8192
+    data = b""
+    pos = size
+    while pos > 0 and data.count(b"\n") <= lines:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        data = f.read(step) + data
+    parts = data.splitlines(keepends=True)
+    return b"".join(parts[-lines:])

@@ -1,0 +1,450 @@
+"""The local executor daemon: runs the tasks of one state directory on at most `cores`
+cores, normal tasks first, preempting best-effort tasks when a normal task needs a core.
+
+Each task runs under a shepherd: a `/bin/sh` started with posix_spawn in its own
+session, holding the lock of the task's running file, that runs the task in a subshell
+and writes its exit status to a file. Shepherds outlive the executor; a new executor
+adopts them. The executor enforces walltimes, deletions and best-effort preemption by
+writing the reason next to the running file and killing the task's process group.
+
+Run as `python -m cigri.localexec.executor STATE_DIR --cores N [--daemon]`; the
+adapter starts it on demand. It exits by itself after a while without work."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import fcntl
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from cigri.localexec.store import Record, Store, append_line, now, read_task_file
+
+KILL_GRACE = 2  # seconds between SIGTERM and SIGKILL of a killed task
+IDLE_EXIT = 120.0  # seconds without any work before the executor exits
+RESCAN = 2.0  # seconds between two scans of the arrays directory when not woken
+KEEP_DONE = 7 * 86400  # seconds ended tasks are remembered (purged when an executor starts)
+
+
+@dataclass
+class Run:
+    pid: int
+    child: bool
+    besteffort: bool
+    cores: list[int] = field(default_factory=list)
+    preempting: bool = False
+    start: float = 0.0
+    deadline: float | None = None
+    kill_at: float | None = None
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][executor {os.getpid()}] {msg}", flush=True)
+
+
+def shepherd_script(store: Store, rec: Record) -> str:
+    """The shepherd: enter the directory, run the task in a subshell (fd 9, the lock, closed;
+    signals back to default), write its exit status. The shepherd itself ignores SIGTERM so
+    that killing the process group leaves it alive to record the status (128+n for signal n)."""
+    q = shlex.quote
+    d = rec["launching_directory"]
+    out = q(os.path.join(d, rec["stdout_file"]))
+    err = q(os.path.join(d, rec["stderr_file"]))
+    job_id, array_id, index = rec["id"], rec["array_id"], rec["array_index"]
+    env = (f"OAR_JOB_ID={job_id} OAR_JOBID={job_id} OAR_ARRAY_ID={array_id} OAR_ARRAYID={array_id} "
+           f"OAR_ARRAY_INDEX={index} OAR_ARRAYINDEX={index} OAR_JOB_NAME={q(rec.get('name') or '')} "
+           f"OAR_WORKDIR={q(d)} OAR_O_WORKDIR={q(d)} "
+           f"OAR_RESOURCE_CORES={','.join(str(c) for c in rec.get('cores', []))}")
+    if rec.get("walltime"):
+        env += f" OAR_JOB_WALLTIME_SECONDS={int(rec['walltime'])}"
+    return ("trap '' TERM INT HUP\n"
+            f"cd -- {q(d)} 2>/dev/null || {{ echo wd >&9; exit 1; }}\n"
+            f"( trap - TERM INT HUP; exec 9>&-; export {env}\n{rec['command']}\n) > {out} 2> {err} < /dev/null\n"
+            "echo $? >&9\n")
+
+
+class Executor:
+    def __init__(self, store: Store, cores: int):
+        self.store = store
+        self.cores = max(1, cores)
+        self.free: set[int] = set(range(1, self.cores + 1))
+        self.waiting: dict[int, Record] = {}
+        self.q_normal: collections.deque[int] = collections.deque()
+        self.q_be: collections.deque[int] = collections.deque()
+        self.running: dict[int, Run] = {}
+        self.by_pid: dict[int, int] = {}
+        self.arrays: dict[str, int] = {}  # array file name -> tasks not yet ended
+        self.task_array: dict[int, str] = {}
+        self.stop = False
+        self.check_ctl = True
+        self.base_env = dict(os.environ)
+
+    # ------------------------------------------------------------------ ingestion
+    def ingest(self) -> None:
+        names = [n for n in self.store.active_arrays() if n not in self.arrays and n[:-5].isdigit()]
+        for name in sorted(names, key=lambda n: int(n[:-5])):
+            spec = self.store.load_array(name)
+            if spec is None:
+                continue
+            remaining = 0
+            for job_id in range(spec["first"], spec["first"] + spec["count"]):
+                if os.path.exists(self.store.done_path(job_id)):
+                    continue
+                rec = self.store.read_job(job_id)  # moves ended tasks to done/, marks lost ones
+                if rec is None or rec.get("state") in ("Terminated", "Error"):
+                    continue
+                remaining += 1
+                self.task_array[job_id] = name
+                if rec["state"] == "Running":
+                    self.adopt(rec)
+                else:
+                    self.waiting[job_id] = rec
+                    (self.q_be if rec["besteffort"] else self.q_normal).append(job_id)
+            self.arrays[name] = remaining
+            if remaining == 0:
+                self.archive(name)
+
+    def adopt(self, rec: Record) -> None:
+        cores = [c for c in rec.get("cores", []) if c in self.free]
+        self.free.difference_update(cores)
+        wt = rec.get("walltime")
+        start = float(rec.get("start_time") or time.time())
+        self.running[rec["id"]] = Run(pid=int(rec.get("shepherd") or 0), child=False,
+                                      besteffort=bool(rec.get("besteffort")), cores=cores, start=start,
+                                      deadline=start + wt if wt else None)
+        log(f"job {rec['id']}: adopted running shepherd {rec.get('shepherd')}")
+
+    def archive(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.store.arrays / name, self.store.arrays_done / name)
+        self.arrays.pop(name, None)
+
+    def ended(self, job_id: int) -> None:
+        name = self.task_array.pop(job_id, None)
+        if name is not None and name in self.arrays:
+            self.arrays[name] -= 1
+            if self.arrays[name] <= 0:
+                self.archive(name)
+
+    # ------------------------------------------------------------------ completion
+    def finish(self, job_id: int) -> None:
+        run = self.running.pop(job_id, None)
+        if run is None:
+            return
+        self.by_pid.pop(run.pid, None)
+        self.free.update(run.cores)
+        rp = self.store.run_path(job_id)
+        rec, ended = read_task_file(rp)
+        if ended:
+            self.store.move_done(job_id)
+        else:
+            self.store.read_job(job_id)  # records a lost task (or finds it already moved)
+        if run.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.pid, signal.SIGKILL)  # leftovers of the task, as OAR's cpuset cleanup
+        self.ended(job_id)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job_id = self.by_pid.get(pid)
+            if job_id is not None:
+                self.finish(job_id)
+
+    def check_adopted(self) -> None:
+        for job_id, run in list(self.running.items()):
+            if not run.child and not self.store.lock_alive(self.store.run_path(job_id)):
+                self.finish(job_id)
+
+    # ------------------------------------------------------------------ kills
+    def kill(self, job_id: int, reason: str) -> None:
+        """Record why, then SIGTERM the task's process group (SIGKILL after a grace delay)."""
+        run = self.running[job_id]
+        append_line(self.store.run_path(job_id), f"R {reason}")
+        if run.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.pid, signal.SIGTERM)
+        run.kill_at = time.time() + KILL_GRACE
+        log(f"job {job_id}: killed ({reason})")
+
+    def timers(self) -> float:
+        """Walltimes and kill escalations; returns seconds until the next one."""
+        t = time.time()
+        nxt = RESCAN
+        for job_id, run in list(self.running.items()):
+            if run.kill_at is not None:
+                if t >= run.kill_at:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(run.pid, signal.SIGKILL)
+                    run.kill_at = t + KILL_GRACE
+                nxt = min(nxt, run.kill_at - t)
+            elif run.deadline is not None:
+                if t >= run.deadline:
+                    self.kill(job_id, "WALLTIME")
+                    nxt = min(nxt, KILL_GRACE)
+                else:
+                    nxt = min(nxt, run.deadline - t)
+        return max(0.01, nxt)
+
+    def deletions(self) -> None:
+        try:
+            names = os.listdir(self.store.ctl)
+        except FileNotFoundError:
+            return
+        for n in names:
+            if not n.endswith(".del") or not n[:-4].isdigit():
+                continue
+            job_id = int(n[:-4])
+            if job_id in self.waiting:
+                rec = self.waiting.pop(job_id)
+                t = now()
+                rec.update(stop_time=t)
+                self.store.write_done(rec, ["R FRAG_JOB_REQUEST", "none"])
+                self.ended(job_id)
+            elif job_id in self.running:
+                if self.running[job_id].kill_at is None:
+                    self.kill(job_id, "FRAG_JOB_REQUEST")
+            elif job_id not in self.task_array and not os.path.exists(self.store.done_path(job_id)):
+                # Not ingested yet: keep the request for a later pass (unless stale).
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - (self.store.ctl / n).stat().st_mtime < 60:
+                        continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.store.ctl / n)
+
+    # ------------------------------------------------------------------ scheduling
+    def _head(self, q: collections.deque[int]) -> int | None:
+        while q and q[0] not in self.waiting:
+            q.popleft()
+        return q[0] if q else None
+
+    def schedule(self) -> None:
+        while True:
+            job_id = self._head(self.q_normal)
+            if job_id is None:
+                break
+            need = min(self.waiting[job_id]["ncores"], self.cores)
+            if need <= len(self.free):
+                self.q_normal.popleft()
+                self.start(job_id, need)
+                continue
+            # Preempt best-effort tasks (latest started first) to free the missing cores.
+            coming = sum(len(r.cores) for r in self.running.values() if r.preempting)
+            missing = need - len(self.free) - coming
+            for jid, run in sorted(self.running.items(), key=lambda kv: -kv[1].start):
+                if missing <= 0:
+                    break
+                if run.besteffort and not run.preempting:
+                    run.preempting = True
+                    missing -= len(run.cores)
+                    if run.kill_at is None:
+                        self.kill(jid, "BESTEFFORT_KILL")
+            return  # normal tasks wait: no best-effort task may start before them
+        while True:
+            job_id = self._head(self.q_be)
+            if job_id is None:
+                return
+            need = min(self.waiting[job_id]["ncores"], self.cores)
+            if need > len(self.free):
+                return
+            self.q_be.popleft()
+            self.start(job_id, need)
+
+    def start(self, job_id: int, need: int) -> None:
+        rec = self.waiting.pop(job_id)
+        cores = sorted(self.free)[:need]
+        self.free.difference_update(cores)
+        t = time.time()
+        rec.update(state="Running", start_time=int(t), cores=cores)
+        tmp = f"{self.store.running}/.{job_id}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, (json.dumps(rec) + "\n").encode())  # before the shepherd may append its status
+            try:
+                pid = os.posix_spawn("/bin/sh", ["sh", "-c", shepherd_script(self.store, rec)], self.base_env,
+                                     file_actions=[(os.POSIX_SPAWN_DUP2, fd, 9)], setsid=True)
+            except OSError as e:
+                log(f"job {job_id}: cannot start its shepherd: {e}")
+                self.waiting[job_id] = rec
+                rec.update(state="Waiting", start_time=None, cores=[])
+                self.free.update(cores)
+                self.q_normal.appendleft(job_id) if not rec["besteffort"] else self.q_be.appendleft(job_id)
+                os.unlink(tmp)
+                raise
+            os.write(fd, f"P {pid}\n".encode())
+            os.replace(tmp, self.store.run_path(job_id))
+        finally:
+            os.close(fd)
+        wt = rec.get("walltime")
+        self.running[job_id] = Run(pid=pid, child=True, besteffort=rec["besteffort"], cores=cores, start=t,
+                                   deadline=t + wt if wt else None)
+        self.by_pid[pid] = job_id
+
+    # ------------------------------------------------------------------ main loop
+    def purge(self) -> None:
+        """Forget tasks ended long ago (CiGri has read them): keeps the state directory small."""
+        limit = time.time() - KEEP_DONE
+        for d in (self.store.done, self.store.arrays_done):
+            for entry in os.scandir(d):
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mtime < limit:
+                        if entry.is_dir():
+                            shutil.rmtree(entry.path, ignore_errors=True)
+                        else:
+                            os.unlink(entry.path)
+
+    def run(self, fifo_fd: int, wake_r: int) -> None:
+        with contextlib.suppress(OSError):
+            self.purge()
+        self.ingest()
+        last_scan = time.monotonic()
+        last_work = time.monotonic()
+        while not self.stop:
+            try:
+                fifo_fd, last_scan, last_work = self.cycle(fifo_fd, wake_r, last_scan, last_work)
+            except StopIteration:
+                return
+            except Exception:  # noqa: BLE001 - never die on one bad file: log and go on
+                log("error in the main loop:\n" + traceback.format_exc())
+                time.sleep(1.0)
+
+    def cycle(self, fifo_fd: int, wake_r: int, last_scan: float, last_work: float) -> tuple[int, float, float]:
+        """One pass: reap, kill, start, then sleep until woken (FIFO, SIGCHLD) or a timer is due."""
+        self.reap()
+        self.check_adopted()
+        if self.check_ctl:
+            self.deletions()
+            self.check_ctl = False
+        try:
+            self.schedule()
+        except OSError:
+            time.sleep(0.5)  # fork failure (too many processes): retry later
+        timeout = self.timers()
+        if self.running or self.waiting:
+            last_work = time.monotonic()
+        elif time.monotonic() - last_work > IDLE_EXIT:
+            # Last look with no reader: a submitter now sees none and starts a new executor.
+            os.close(fifo_fd)
+            self.ingest()
+            if not self.waiting and not self.running:
+                log("idle: exiting")
+                raise StopIteration
+            fifo_fd = os.open(self.store.fifo, os.O_RDWR | os.O_NONBLOCK)
+            return fifo_fd, last_scan, last_work
+        if any(not r.child for r in self.running.values()):
+            timeout = min(timeout, 0.2)
+        try:
+            ready, _, _ = select.select([fifo_fd, wake_r], [], [], timeout)
+        except InterruptedError:
+            ready = []
+        woken = False
+        for fd in ready:
+            try:
+                while os.read(fd, 4096):
+                    if fd == fifo_fd:
+                        woken = True
+            except BlockingIOError:
+                pass
+        if woken or time.monotonic() - last_scan > RESCAN:
+            self.ingest()
+            last_scan = time.monotonic()
+            self.check_ctl = True
+        return fifo_fd, last_scan, last_work
+
+
+def recover_tmp(store: Store) -> None:
+    """A previous executor died between starting a shepherd and naming its task file."""
+    for stale in store.running.glob(".*.tmp"):
+        m = re.fullmatch(r"\.(\d+)\.tmp", stale.name)
+        keep = m is not None and (store.lock_alive(str(stale)) or read_task_file(str(stale))[1])
+        with contextlib.suppress(FileNotFoundError):
+            if keep and m is not None:
+                os.replace(stale, store.run_path(int(m.group(1))))
+                log(f"job {m.group(1)}: recovered its task file")
+            else:
+                stale.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cigri-local-executor")
+    ap.add_argument("state_dir")
+    ap.add_argument("--cores", type=int, default=0)
+    ap.add_argument("--daemon", action="store_true")
+    args = ap.parse_args(argv)
+    cores = args.cores or os.cpu_count() or 1
+    store = Store(args.state_dir)
+    store.setup()
+    ready_w = None
+    if args.daemon:
+        r, ready_w = os.pipe()
+        if os.fork() > 0:
+            os.close(ready_w)
+            ok = os.read(r, 1)
+            os._exit(0 if ok == b"1" else 1)
+        os.close(r)
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        os.chdir("/")
+    lock_fd = os.open(store.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if store.wake() or time.monotonic() > deadline:
+                # Another executor serves this directory.
+                if ready_w is not None:
+                    os.write(ready_w, b"1")
+                return 0
+            time.sleep(0.05)
+    store.pid_file.write_text(str(os.getpid()))
+    ex = Executor(store, cores)
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def on_term(*_: Any) -> None:
+        ex.stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    recover_tmp(store)
+    fifo_fd = os.open(store.fifo, os.O_RDWR | os.O_NONBLOCK)
+    log(f"started on {store.root} with {cores} cores")
+    if ready_w is not None:
+        os.write(ready_w, b"1")
+        os.close(ready_w)
+    try:
+        ex.run(fifo_fd, wake_r)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if store.executor_pid() == os.getpid():
+                store.pid_file.unlink()
+    log("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

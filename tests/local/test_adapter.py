@@ -1,0 +1,189 @@
+"""The `local` batch type against the adapter contract (no database, no engine)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cigri.clusters.base import ClusterAPINotFound, JobRequest
+from tests.local.conftest import wait_ended, wait_for, wait_state
+
+SCRIPT = "sh -c 'echo out$0; i=0; while [ $i -lt 8 ]; do echo err$0-$i >&2; i=$((i+1)); done; exit $0'"
+
+
+def test_exit_codes_outputs_and_stderr_tail(make_adapter, workdir: Path):
+    a = make_adapter()
+    ids = a.submit(JobRequest(command=SCRIPT, params=["0", "3"], name="cigri.7", directory=str(workdir)), "alice")
+    assert len(ids) == 2 and ids[1] == ids[0] + 1
+    jobs = wait_ended(a, ids)
+    ok, bad = jobs[ids[0]], jobs[ids[1]]
+    assert (ok.state, ok.exit_code) == ("Terminated", 0)
+    assert (bad.state, bad.exit_code) == ("Terminated", 768)  # raw wait status, as OAR
+    assert bad.stdout_file == f"OAR.cigri.7.{ids[1]}.stdout" and bad.launching_directory == str(workdir)
+    assert (workdir / bad.stdout_file).read_text() == "out3\n"
+    assert bad.owner == "alice" and bad.command.endswith(" 3") and bad.start_time and bad.stop_time
+    tail = a.get_file(bad.output_path("stderr"), "alice", tail=5)
+    assert tail.splitlines() == [f"err3-{i}" for i in range(3, 8)]
+    assert len(a.get_file(bad.output_path("stderr"), "alice").splitlines()) == 8
+    with pytest.raises(ClusterAPINotFound):
+        a.get_file(str(workdir / "nope"), "alice")
+    a.delete_file(bad.output_path("stdout"), "alice")
+    assert not (workdir / bad.stdout_file).exists()
+
+
+def test_output_templates_single_job_and_home(make_adapter, workdir: Path, monkeypatch):
+    monkeypatch.setenv("HOME", str(workdir))
+    a = make_adapter()
+    [jid] = a.submit(JobRequest(command="echo $OAR_JOB_ID; pwd", stdout="o.%jobid%", stderr="e.%jobid%"), "bob")
+    job = wait_ended(a, [jid])[jid]
+    assert job.state == "Terminated" and job.launching_directory == str(workdir)
+    assert (workdir / f"o.{jid}").read_text() == f"{jid}\n{workdir}\n"
+    sub = workdir / "sub"
+    sub.mkdir()
+    [j2] = a.submit(JobRequest(command="true", directory="$HOME/sub"), "bob")
+    assert wait_ended(a, [j2])[j2].launching_directory == str(sub)
+    assert (sub / f"OAR.{j2}.stdout").exists()
+
+
+def test_unknown_job_and_bad_directory(make_adapter, workdir: Path):
+    a = make_adapter()
+    with pytest.raises(ClusterAPINotFound):
+        a.get_job(424242)
+    [jid] = a.submit(JobRequest(command="true", directory=str(workdir / "missing")), "alice")
+    job = wait_ended(a, [jid])[jid]
+    assert job.state == "Error" and job.event_types == ["WORKING_DIRECTORY"]
+
+
+def test_walltime_kills(make_adapter, workdir: Path):
+    a = make_adapter()
+    [jid] = a.submit(JobRequest(command="sleep 300", walltime="00:00:01", directory=str(workdir)), "alice")
+    job = wait_ended(a, [jid])[jid]
+    assert job.state == "Error" and "WALLTIME" in job.event_types
+
+
+def test_walltime_in_resources(make_adapter, workdir: Path):
+    a = make_adapter()
+    [jid] = a.submit(JobRequest(command="sleep 300", resources="/core=1,walltime=0:0:1", directory=str(workdir)),
+                     "alice")
+    assert "WALLTIME" in wait_ended(a, [jid])[jid].event_types
+
+
+def test_delete_running_and_waiting(make_adapter, workdir: Path):
+    a = make_adapter(cores=1)
+    ids = a.submit(JobRequest(command="sleep 300; touch", params=["x", "y"], directory=str(workdir)), "alice")
+    running = wait_state(a, ids[0], "Running")
+    assert a.get_job(ids[1]).state == "Waiting"
+    assert [r.id for r in a.get_running_jobs()] == [ids[0]]
+    assert a.get_running_jobs()[0].resources == [{"id": 1}]
+    for i in ids:
+        a.delete_job(i, "alice")
+    jobs = wait_ended(a, ids)
+    assert all(j.state == "Error" and j.event_types == ["FRAG_JOB_REQUEST"] for j in jobs.values())
+    assert jobs[ids[1]].start_time is None  # never started
+    wait_for(lambda: not _alive(running.raw["shepherd"]), what="task killed")
+    assert not (workdir / "x").exists() and not (workdir / "y").exists()
+    a.delete_job(ids[0], "alice")  # already finished: not an error
+
+
+def test_best_effort_preempted_by_normal(make_adapter, workdir: Path):
+    a = make_adapter(cores=1)
+    [be] = a.submit(JobRequest(command="sleep 300", types=["besteffort"], directory=str(workdir)), "alice")
+    wait_state(a, be, "Running")
+    [normal] = a.submit(JobRequest(command="echo done", directory=str(workdir)), "bob")
+    jobs = wait_ended(a, [be, normal])
+    assert jobs[be].state == "Error" and jobs[be].event_types == ["BESTEFFORT_KILL"]
+    assert jobs[be].queue == "besteffort"
+    assert (jobs[normal].state, jobs[normal].exit_code) == ("Terminated", 0)
+
+
+def test_best_effort_waits_for_normal(make_adapter, workdir: Path):
+    """Best-effort tasks never start before waiting normal ones, and never preempt them."""
+    a = make_adapter(cores=1)
+    [n1] = a.submit(JobRequest(command="sleep 300", directory=str(workdir)), "alice")
+    wait_state(a, n1, "Running")
+    [be] = a.submit(JobRequest(command="true", types=["besteffort"], directory=str(workdir)), "alice")
+    [n2] = a.submit(JobRequest(command="true", directory=str(workdir)), "alice")
+    assert a.get_job(n1).state == "Running" and a.get_job(be).state == "Waiting"
+    a.delete_job(n1, "alice")
+    jobs = wait_ended(a, [n1, be, n2])
+    assert jobs[be].state == jobs[n2].state == "Terminated"
+    assert jobs[be].start_time >= jobs[n2].start_time
+
+
+def test_resources_and_stress(make_adapter):
+    a = make_adapter(cores=3)
+    res = a.get_resources()
+    assert [r["id"] for r in res] == [1, 2, 3] and {r["state"] for r in res} == {"Alive"}
+    assert a.get_stress_factor() == 0.0 and a.check_api()
+
+
+def test_thousand_tasks_one_call(make_adapter, workdir: Path):
+    a = make_adapter()
+    ids = a.submit(JobRequest(command="true", params=[f"p{i}" for i in range(1000)], directory=str(workdir)), "u")
+    assert ids == list(range(ids[0], ids[0] + 1000))
+    assert len(os.listdir(a.store.arrays) + os.listdir(a.store.arrays_done)) >= 2  # array file, not 1000 files
+    jobs = wait_ended(a, ids, timeout=300)
+    assert all(j.state == "Terminated" and j.exit_code == 0 for j in jobs.values())
+    assert jobs[ids[999]].command == "true p999"
+    wait_for(lambda: not os.listdir(a.store.running), what="running directory empty")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (executor not reaped yet) is dead for us.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_tasks_survive_killed_submitter_and_executor(make_adapter, workdir: Path, tmp_path: Path):
+    """kill -9 the process that submitted, then the executor: tasks finish and are reported."""
+    state = tmp_path / "state"
+    a = make_adapter(cores=2)  # registers the state dir for cleanup
+    submitter = textwrap.dedent(f"""
+        import sys, time
+        from cigri.clusters.base import ClusterInfo, JobRequest
+        from cigri.clusters.local import LocalAdapter
+        from cigri.config import Conf
+        a = LocalAdapter(ClusterInfo(id=1, name="local", api_url="local://{state}", batch="local"),
+                         conf=Conf(values={{"LOCAL_CORES": "2"}}))
+        ids = a.submit(JobRequest(command="sleep 2; echo", params=["a", "b", "c", "d"],
+                                  directory="{workdir}"), "alice")
+        print(" ".join(map(str, ids)), flush=True)
+        time.sleep(600)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", submitter], stdout=subprocess.PIPE, text=True)
+    ids = [int(x) for x in p.stdout.readline().split()]  # type: ignore[union-attr]
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    wait_state(a, ids[0], "Running")
+    ex_pid = a.store.executor_pid()
+    assert ex_pid and _alive(ex_pid)
+    os.kill(ex_pid, signal.SIGKILL)
+    wait_for(lambda: not a.store.executor_running(), what="executor dead")
+    # Polling restarts an executor, which adopts the running shepherds and runs the waiting tasks.
+    jobs = wait_ended(a, ids)
+    assert {j.id: (j.state, j.exit_code) for j in jobs.values()} == {i: ("Terminated", 0) for i in ids}
+    assert sorted((workdir / f"OAR.{i}.stdout").read_text() for i in ids) == ["a\n", "b\n", "c\n", "d\n"]
+
+
+def test_dead_shepherd_is_reported(make_adapter, workdir: Path):
+    a = make_adapter()
+    [jid] = a.submit(JobRequest(command="sleep 300", directory=str(workdir)), "alice")
+    job = wait_state(a, jid, "Running")
+    a.store.stop_executor()  # nobody reaps: the adapter itself must notice
+    os.kill(job.raw["shepherd"], signal.SIGKILL)
+    wait_for(lambda: not _alive(job.raw["shepherd"]), what="shepherd dead")
+    job = wait_ended(a, [jid])[jid]
+    assert job.state == "Error" and job.event_types == ["EXTERMINATE"]
