@@ -1,0 +1,98 @@
+"""`cigri-runner <cluster_name>`: the runner of one cluster (spec §7).
+
+Exits 0 with a clear log line when its cluster is disabled or removed (almighty does not
+restart it then); SIGTERM/SIGINT end it cleanly between two cycles."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+from cigri.config import Conf, get_conf, set_conf
+from cigri.errors import ConfigError
+
+log = logging.getLogger("cigri.runner")
+
+
+def setup_logging(conf: Conf, name: str) -> None:
+    try:
+        from cigri.log import setup_logging as _setup
+
+        _setup(name, conf)
+        return
+    except Exception:  # noqa: BLE001 - fall back to plain logging
+        pass
+    level = str(conf.get("LOG_LEVEL")).upper()
+    level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
+    target = str(conf.get("LOG_FILE"))
+    fmt = f"[%(asctime)s][%(levelname).1s][%(process)d][{name}] %(message)s"
+    if target in ("STDOUT", "STDERR", ""):
+        logging.basicConfig(level=level, format=fmt, stream=sys.stdout if target == "STDOUT" else sys.stderr)
+    else:
+        logging.basicConfig(level=level, format=fmt, filename=target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cigri-runner", description="Submit and follow the jobs of one cluster.")
+    p.add_argument("cluster", help="name of the (enabled) cluster")
+    p.add_argument("--conf", help="cigri.conf to use")
+    p.add_argument("--once", action="store_true", help="run one cycle and exit")
+    args = p.parse_args(argv)
+    try:
+        conf = Conf(args.conf) if args.conf else get_conf()
+    except ConfigError as e:
+        print(f"cigri-runner: {e}", file=sys.stderr)
+        return 1
+    set_conf(conf)
+    setup_logging(conf, f"RUNNER {args.cluster}")
+    from cigri.db.engine import get_engine, wait_for_database
+    from cigri.engine.runner import ClusterGone, Runner, run_forever
+
+    stopping = {"flag": False}
+    waiter = None
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("Interruption caught: exiting.")
+        stopping["flag"] = True
+        if waiter is not None:
+            waiter.wake()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    engine = get_engine(conf)
+    wait_for_database(engine)
+    runner = Runner(engine, args.cluster, conf)
+    try:
+        info = runner.load()
+    except ClusterGone as e:
+        log.warning("%s: runner not started.", e)
+        engine.dispose()
+        return 0
+    try:
+        if args.once:
+            runner.run_cycle()
+            return 0
+        try:
+            from cigri.db.notify import Waiter, runner_channel
+
+            waiter = Waiter(engine, [runner_channel(info.id)]).start()
+        except Exception as e:  # noqa: BLE001
+            log.info("No wake-up channel (%s): polling", e)
+        log.info("Runner of cluster %s (id %s) started", info.name, info.id)
+        run_forever(runner, lambda: stopping["flag"], waiter)
+    except ClusterGone as e:
+        log.warning("%s: runner exiting.", e)
+    finally:
+        if waiter is not None:
+            waiter.close()
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
