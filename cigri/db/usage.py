@@ -1,0 +1,38 @@
+"""grid_usage snapshots and cluster stress factors (spec §10.2 steps 5-6)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cigri.db.schema import clusters, grid_usage, jobs
+
+
+def last_snapshot(conn: Connection) -> datetime | None:
+    return conn.execute(sa.select(sa.func.max(grid_usage.c.date))).scalar()
+
+
+def running_remote_ids(conn: Connection, cluster_id: int) -> set[int]:
+    """Remote ids of CiGri's running jobs on ONE cluster (CiGri3 mixed all clusters, §15.2 #30)."""
+    q = sa.select(jobs.c.remote_id).where(jobs.c.cluster_id == cluster_id, jobs.c.state == "running",
+                                          jobs.c.remote_id.is_not(None)).distinct()
+    return {int(r[0]) for r in conn.execute(q)}
+
+
+def insert_usage(conn: Connection, date: datetime, cluster_id: int, max_resources: int, used_resources: int,
+                 unavailable_resources: int, used_by_cigri: int) -> None:
+    conn.execute(grid_usage.insert().values(date=date, cluster_id=cluster_id, max_resources=max_resources,
+                                            used_resources=used_resources,
+                                            unavailable_resources=unavailable_resources,
+                                            used_by_cigri=used_by_cigri))
+
+
+def set_stress_factor(conn: Connection, cluster_id: int, value: float) -> bool:
+    """Store the stress factor if it changed; True when it did."""
+    res = conn.execute(clusters.update().where(clusters.c.id == cluster_id,
+                                               sa.or_(clusters.c.stress_factor.is_(None),
+                                                      clusters.c.stress_factor != value))
+                       .values(stress_factor=value))
+    return bool(res.rowcount)

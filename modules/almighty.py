@@ -1,0 +1,11 @@
+"""`cigri-almighty`: CiGri's supervisor (spec §1.3), in the foreground (systemd unit
+`cigri.service`, or `cigri local run`)."""
+
+from __future__ import annotations
+
+import sys
+
+from cigri.engine.almighty import main
+
+if __name__ == "__main__":
+    sys.exit(main())
