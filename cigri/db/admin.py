@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -46,3 +49,316 @@ def init_schema(engine: Engine) -> None:
         return
     run_sql_script(engine, (d / "cigri3.sql").read_text())
     run_sql_script(engine, (d / "cigri-py-additions.sql").read_text())
+
+
+# ------------------------------------------------------------------ check / upgrade
+# The expected schema is not hand-maintained: it is what the shipped SQL creates. On
+# PostgreSQL the script is loaded into a scratch schema inside a transaction that is
+# rolled back; on SQLite into an in-memory database. Both are then introspected the
+# same way as the live database.
+
+_SCRATCH = "cigri_expected_schema"
+
+
+@dataclass
+class SchemaInfo:
+    tables: dict[str, dict[str, tuple[str, bool]]] = field(default_factory=dict)  # table -> col -> (type, nullable)
+    enums: dict[str, list[str]] = field(default_factory=dict)
+    indexes: dict[str, str] = field(default_factory=dict)  # name -> normalised definition
+    sequences: set[str] = field(default_factory=set)
+    pkeys: dict[str, list[str]] = field(default_factory=dict)
+    defaults: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def split_sql(text: str) -> list[str]:
+    """Statements of a SQL script (quotes and -- comments aware)."""
+    out, buf, q, i = [], [], False, 0
+    while i < len(text):
+        ch = text[i]
+        if not q and text.startswith("--", i):
+            j = text.find("\n", i)
+            i = len(text) if j < 0 else j
+            continue
+        if ch == "'":
+            q = not q
+        if ch == ";" and not q:
+            stmt = "".join(buf).strip()
+            if stmt:
+                out.append(stmt)
+            buf = []
+        else:
+            buf.append(ch)
+        i += 1
+    stmt = "".join(buf).strip()
+    if stmt:
+        out.append(stmt)
+    return out
+
+
+def _pg_info(raw: Any, schema: str) -> SchemaInfo:
+    info = SchemaInfo()
+    cur = raw.cursor()
+    cur.execute("""SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull
+                   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = %s AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped""", (schema,))
+    for t, col, typ, nullable in cur.fetchall():
+        info.tables.setdefault(t, {})[col] = (typ.replace(f"{schema}.", ""), bool(nullable))
+    cur.execute("""SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
+                   JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+                   JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = %s""", (schema,))
+    for t, col, expr in cur.fetchall():
+        info.defaults[(t, col)] = expr.replace(f"{schema}.", "")
+    cur.execute("""SELECT t.typname, e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid
+                   JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = %s
+                   ORDER BY t.typname, e.enumsortorder""", (schema,))
+    for t, label in cur.fetchall():
+        info.enums.setdefault(t, []).append(label)
+    cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s", (schema,))
+    for name, d in cur.fetchall():
+        info.indexes[name] = d.replace(f"{schema}.", "")
+    cur.execute("SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = %s", (schema,))
+    info.sequences = {r[0] for r in cur.fetchall()}
+    cur.execute("""SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc
+                   JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name
+                     AND kcu.table_schema = tc.table_schema
+                   WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = %s
+                   ORDER BY tc.table_name, kcu.ordinal_position""", (schema,))
+    for t, col in cur.fetchall():
+        info.pkeys.setdefault(t, []).append(col)
+    return info
+
+
+def _sqlite_info(conn: Any) -> SchemaInfo:
+    info = SchemaInfo()
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                         "AND name NOT LIKE 'sqlite_%'")]
+    for t in tables:
+        for _cid, name, typ, notnull, _d, pk in conn.execute(f'PRAGMA table_info("{t}")'):
+            info.tables.setdefault(t, {})[name] = (typ.upper(), not notnull)
+            if pk:
+                info.pkeys.setdefault(t, []).append(name)
+    for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL"):
+        info.indexes[name] = " ".join(sql.replace("IF NOT EXISTS ", "").split())
+    return info
+
+
+def expected_schema(engine: Engine) -> SchemaInfo:
+    d = sql_dir()
+    if is_sqlite(engine):
+        import sqlite3
+        mem = sqlite3.connect(":memory:")
+        mem.executescript((d / "cigri3-sqlite.sql").read_text())
+        return _sqlite_info(mem)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute(f'CREATE SCHEMA "{_SCRATCH}"')
+        cur.execute(f'SET LOCAL search_path TO "{_SCRATCH}"')
+        for name in ("cigri3.sql", "cigri-py-additions.sql"):
+            for stmt in split_sql((d / name).read_text()):
+                cur.execute(stmt)
+        return _pg_info(raw, _SCRATCH)
+    finally:
+        raw.rollback()
+        raw.close()
+
+
+def live_schema(engine: Engine) -> SchemaInfo:
+    raw = engine.raw_connection()
+    try:
+        if is_sqlite(engine):
+            return _sqlite_info(raw.driver_connection)
+        return _pg_info(raw, "public")
+    finally:
+        raw.rollback()
+        raw.close()
+
+
+def check_schema(engine: Engine) -> tuple[list[str], list[str]]:
+    """(differences, notes): what is missing or different vs the shipped schema, and extras."""
+    exp, live = expected_schema(engine), live_schema(engine)
+    diffs: list[str] = []
+    notes: list[str] = []
+    for t, cols in sorted(exp.tables.items()):
+        if t not in live.tables:
+            diffs.append(f"missing table {t}")
+            continue
+        for c, (typ, nullable) in cols.items():
+            have = live.tables[t].get(c)
+            if have is None:
+                diffs.append(f"missing column {t}.{c} ({typ})")
+            elif have[0] != typ:
+                diffs.append(f"column {t}.{c} has type {have[0]}, expected {typ}")
+            elif have[1] != nullable:
+                diffs.append(f"column {t}.{c} is {'' if have[1] else 'NOT '}NULL, expected "
+                             f"{'' if nullable else 'NOT '}NULL")
+        for c in sorted(set(live.tables[t]) - set(cols)):
+            notes.append(f"extra column {t}.{c}")
+        if exp.pkeys.get(t) != live.pkeys.get(t):
+            diffs.append(f"table {t} has primary key {live.pkeys.get(t)}, expected {exp.pkeys.get(t)}")
+    for t in sorted(set(live.tables) - set(exp.tables)):
+        notes.append(f"extra table {t}")
+    for e, labels in sorted(exp.enums.items()):
+        have = live.enums.get(e)
+        if have is None:
+            diffs.append(f"missing enum type {e}")
+        elif set(labels) - set(have):
+            diffs.append(f"enum {e} lacks labels {', '.join(sorted(set(labels) - set(have)))}")
+    for name, d in sorted(exp.indexes.items()):
+        if name not in live.indexes:
+            diffs.append(f"missing index {name}: {d}")
+        elif live.indexes[name] != d:
+            diffs.append(f"index {name} is '{live.indexes[name]}', expected '{d}'")
+    for name in sorted(set(live.indexes) - set(exp.indexes)):
+        notes.append(f"extra index {name}")
+    for s in sorted(exp.sequences - live.sequences):
+        diffs.append(f"missing sequence {s}")
+    if not diffs or "parameters" in live.tables:
+        with engine.connect() as c:
+            if "parameters" in live.tables and c.execute(
+                    sa.text("SELECT count(*) FROM parameters WHERE id = 0")).scalar_one() == 0:
+                diffs.append("missing the null parameter row (parameters.id = 0)")
+            if "bag_of_tasks" in live.tables and "campaigns" in live.tables:
+                orphans = c.execute(sa.text(
+                    "SELECT count(*) FROM bag_of_tasks b WHERE NOT EXISTS "
+                    "(SELECT 1 FROM campaigns c WHERE c.id = b.campaign_id)")).scalar_one()
+                if orphans:
+                    notes.append(f"{orphans} bag_of_tasks rows belong to no campaign (an interrupted "
+                                 "submission?); they are never scheduled and can be deleted")
+            if "admission_rules" in live.tables:
+                from cigri.admission import DISABLED_MARK, _is_python
+                for rid, code in c.execute(sa.text("SELECT id, code FROM admission_rules ORDER BY id")):
+                    if code and not code.startswith(DISABLED_MARK) and not _is_python(code):
+                        diffs.append(f"admission rule {rid} is not Python (CiGri3 Ruby rule?)")
+    return diffs, notes
+
+
+@dataclass
+class UpgradeReport:
+    actions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    disabled_rules: list[int] = field(default_factory=list)
+
+
+def upgrade_schema(engine: Engine) -> UpgradeReport:
+    """Bring a CiGri3 (or older CiGri-py) database to the current schema, in place, in one
+    transaction: only additions (types, labels, tables, columns, indexes, sequences, the null
+    parameter), the users_mapping primary key of CiGri 3.0, and Ruby admission rules (the
+    seed rule is translated, others disabled). Idempotent; never deletes a row."""
+    rep = UpgradeReport()
+    if not is_initialised(engine):
+        raise RuntimeError("this database has no CiGri schema (no campaigns table): use 'cigri-db init'")
+    if is_sqlite(engine):
+        run_sql_script(engine, (sql_dir() / "cigri3-sqlite.sql").read_text())
+        rep.actions.append("applied cigri3-sqlite.sql (idempotent)")
+        _upgrade_rules(engine, rep)
+        return rep
+    exp, live = expected_schema(engine), live_schema(engine)
+    d = sql_dir()
+    stmts = split_sql((d / "cigri3.sql").read_text())
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        # enum types and labels first, in their own transaction: a label added in a
+        # transaction cannot be used by the indexes created later in that transaction.
+        for e, labels in exp.enums.items():
+            if e not in live.enums:
+                cur.execute(f"CREATE TYPE {_ident(e)} AS ENUM ({', '.join(repr(_ident(x)) for x in labels)})")
+                rep.actions.append(f"created enum type {e}")
+                continue
+            for lab in labels:
+                if lab not in live.enums[e]:
+                    cur.execute(f"ALTER TYPE {_ident(e)} ADD VALUE IF NOT EXISTS '{_ident(lab)}'")
+                    rep.actions.append(f"added label {lab} to enum {e}")
+        raw.commit()
+        # tables, from the shipped CREATE TABLE statements
+        for stmt in stmts:
+            m = re.match(r"CREATE TABLE (\w+)", stmt)
+            if m and m.group(1) not in live.tables:
+                cur.execute(stmt)
+                rep.actions.append(f"created table {m.group(1)}")
+                live.tables[m.group(1)] = dict(exp.tables.get(m.group(1), {}))
+        # columns
+        for t, cols in exp.tables.items():
+            for c, (typ, nullable) in cols.items():
+                if c not in live.tables.get(t, {}):
+                    default = exp.defaults.get((t, c))
+                    ddl = f'ALTER TABLE {_ident(t)} ADD COLUMN "{_ident(c)}" {typ}'
+                    if default and "nextval" not in default:
+                        ddl += f" DEFAULT {default}" + ("" if nullable else " NOT NULL")
+                    elif not nullable:
+                        rep.warnings.append(f"column {t}.{c} added as NULL-able (existing rows have no value)")
+                    cur.execute(ddl)
+                    rep.actions.append(f"added column {t}.{c}")
+        # users_mapping: CiGri 3.0 had PRIMARY KEY (grid_login)
+        pk = live.pkeys.get("users_mapping")
+        if pk is not None and pk != exp.pkeys.get("users_mapping"):
+            cur.execute("SELECT count(*) FROM users_mapping WHERE cluster_id IS NULL")
+            nulls = cur.fetchone()[0]
+            if nulls:
+                rep.warnings.append(f"users_mapping has {nulls} rows with NULL cluster_id: primary key left as "
+                                    f"{pk}; fix them and run upgrade again")
+            else:
+                cur.execute("""SELECT conname FROM pg_constraint WHERE conrelid = 'users_mapping'::regclass
+                               AND contype = 'p'""")
+                con = cur.fetchone()[0]
+                cur.execute(f'ALTER TABLE users_mapping DROP CONSTRAINT "{_ident(con)}"')
+                cur.execute("ALTER TABLE users_mapping ADD PRIMARY KEY (grid_login, cluster_id)")
+                rep.actions.append("users_mapping primary key is now (grid_login, cluster_id)")
+        elif pk is None and "users_mapping" in live.tables:
+            rep.warnings.append("users_mapping has no primary key")
+        # indexes of cigri3.sql, then the idempotent additions script
+        live_idx = set(live.indexes)
+        for stmt in stmts:
+            m = re.match(r"CREATE INDEX (\w+)", stmt)
+            if m and m.group(1) not in live_idx:
+                cur.execute(stmt)
+                rep.actions.append(f"created index {m.group(1)}")
+        for stmt in split_sql((d / "cigri-py-additions.sql").read_text()):
+            cur.execute(stmt)
+        rep.actions.append("applied cigri-py-additions.sql (idempotent)")
+        raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
+    finally:
+        raw.close()
+    _upgrade_rules(engine, rep)
+    return rep
+
+
+def _ident(s: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_]+", s):
+        raise ValueError(f"unexpected identifier {s!r}")
+    return s
+
+
+def _upgrade_rules(engine: Engine, rep: UpgradeReport) -> None:
+    from cigri.admission import translate_ruby_rule
+    from cigri.db.schema import admission_rules as t
+    with engine.begin() as c:
+        for rid, code in c.execute(sa.select(t.c.id, t.c.code).order_by(t.c.id)).all():
+            if not code:
+                continue
+            new, ok = translate_ruby_rule(code)
+            if new != code:
+                c.execute(t.update().where(t.c.id == rid).values(code=new))
+                if ok:
+                    rep.actions.append(f"admission rule {rid}: CiGri3 seed rule translated to Python")
+                else:
+                    rep.disabled_rules.append(int(rid))
+                    rep.warnings.append(f"admission rule {rid} is Ruby: disabled (kept as comments), rewrite it "
+                                        "in Python")
+
+
+def grant_to(engine: Engine, role: str) -> None:
+    """CiGri3's init_db.rb habit: the application role gets DML rights on every table and
+    sequence (needed when the schema is created or upgraded by another role)."""
+    if is_sqlite(engine):
+        return
+    quoted = engine.dialect.identifier_preparer.quote(role)
+    with engine.begin() as c:
+        c.execute(sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}"))
+        c.execute(sa.text(f"GRANT SELECT, UPDATE, USAGE ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))

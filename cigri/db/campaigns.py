@@ -1,0 +1,89 @@
+"""campaigns and campaign_properties rows, and the per-campaign deletions (spec §2.2, §3.1)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cigri.db.schema import (
+    bag_of_tasks,
+    campaign_properties,
+    campaigns,
+    events,
+    jobs,
+    jobs_to_launch,
+    now,
+    parameters,
+    taps,
+    tasks_affinity,
+)
+
+
+def insert_campaign(conn: Connection, user: str, type_: str, name: str, jdl: dict[str, Any],
+                    state: str = "in_treatment") -> int:
+    q = campaigns.insert().values(grid_user=user, state=state, type=type_, name=name, submission_time=now(),
+                                  nb_jobs=0, jdl=json.dumps(jdl)).returning(campaigns.c.id)
+    return int(conn.execute(q).scalar_one())
+
+
+def insert_properties(conn: Connection, campaign_id: int, rows: list[tuple[int, str, str]]) -> None:
+    """rows: (cluster_id, name, value)."""
+    if rows:
+        conn.execute(campaign_properties.insert(),
+                     [{"campaign_id": campaign_id, "cluster_id": c, "name": n, "value": v} for c, n, v in rows])
+
+
+def get_campaign(conn: Connection, campaign_id: int, for_update: bool = False) -> dict[str, Any] | None:
+    q = sa.select(campaigns).where(campaigns.c.id == campaign_id)
+    if for_update and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = conn.execute(q).mappings().first()
+    return dict(row) if row else None
+
+
+def update_campaign(conn: Connection, campaign_id: int, **values: Any) -> None:
+    if "jdl" in values and not isinstance(values["jdl"], str):
+        values["jdl"] = json.dumps(values["jdl"])
+    conn.execute(campaigns.update().where(campaigns.c.id == campaign_id).values(**values))
+
+
+def get_properties(conn: Connection, campaign_id: int) -> dict[int, dict[str, str]]:
+    """cluster_id -> {property: value}."""
+    q = sa.select(campaign_properties.c.cluster_id, campaign_properties.c.name, campaign_properties.c.value
+                  ).where(campaign_properties.c.campaign_id == campaign_id)
+    out: dict[int, dict[str, str]] = {}
+    for cl, name, value in conn.execute(q):
+        out.setdefault(int(cl) if cl is not None else 0, {})[name] = value
+    return out
+
+
+def delete_queue_and_bag(conn: Connection, campaign_id: int) -> int:
+    """Pending work of a campaign: its jobs_to_launch entries and bag_of_tasks rows."""
+    tasks = sa.select(bag_of_tasks.c.id).where(bag_of_tasks.c.campaign_id == campaign_id)
+    conn.execute(jobs_to_launch.delete().where(jobs_to_launch.c.task_id.in_(tasks)))
+    res = conn.execute(bag_of_tasks.delete().where(bag_of_tasks.c.campaign_id == campaign_id))
+    return int(res.rowcount or 0)
+
+
+def delete_campaign_rows(conn: Connection, campaign_id: int, keep_campaign: bool = False) -> None:
+    """Every row of a campaign (hard delete), or all but the campaigns row (purge)."""
+    delete_queue_and_bag(conn, campaign_id)
+    params = sa.select(parameters.c.id).where(parameters.c.campaign_id == campaign_id)
+    conn.execute(tasks_affinity.delete().where(tasks_affinity.c.param_id.in_(params)))
+    conn.execute(jobs.delete().where(jobs.c.campaign_id == campaign_id))
+    conn.execute(parameters.delete().where(parameters.c.campaign_id == campaign_id, parameters.c.id != 0))
+    conn.execute(taps.delete().where(taps.c.campaign_id == campaign_id))
+    if keep_campaign:
+        return
+    conn.execute(events.delete().where(events.c.campaign_id == campaign_id))
+    conn.execute(campaign_properties.delete().where(campaign_properties.c.campaign_id == campaign_id))
+    conn.execute(campaigns.delete().where(campaigns.c.id == campaign_id))
+
+
+def count_active_jobs(conn: Connection, campaign_id: int, states: tuple[str, ...]) -> int:
+    q = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.campaign_id == campaign_id,
+                                                           jobs.c.state.in_(states))
+    return int(conn.execute(q).scalar_one())
