@@ -91,31 +91,39 @@ def cluster_list(as_json: bool) -> None:
                    + ("" if c.enabled else " (disabled)"))
 
 
-def _set_enabled(cluster_id: int, enabled: bool) -> None:
-    from cigri.db.clusters import set_enabled
+def _set_enabled(cluster: str, enabled: bool) -> None:
+    """`cluster` is an id or a name (`cluster add` takes a name, `cluster list` shows both)."""
+    from cigri.db.clusters import cluster_ids_by_name, set_enabled
     from cigri.db.engine import transaction
     from cigri.errors import NotFound
 
     try:
         with transaction(_engine()) as conn:
+            if cluster.isdigit():
+                cluster_id = int(cluster)
+            else:
+                ids = cluster_ids_by_name(conn, [cluster])
+                if cluster not in ids:
+                    raise NotFound(f"Cluster {cluster} not found")
+                cluster_id = ids[cluster]
             set_enabled(conn, cluster_id, enabled)
     except NotFound as e:
         raise CliError(str(e)) from None
-    click.echo(f"Cluster {cluster_id} {'enabled' if enabled else 'disabled'}")
+    click.echo(f"Cluster {cluster} {'enabled' if enabled else 'disabled'}")
 
 
 @cluster.command("enable")
-@click.argument("cluster_id", type=int)
-def cluster_enable(cluster_id: int) -> None:
-    """Enable a cluster (its runner starts at the next almighty cycle)."""
-    _set_enabled(cluster_id, True)
+@click.argument("cluster", metavar="CLUSTER")
+def cluster_enable(cluster: str) -> None:
+    """Enable a cluster, by name or id (its runner starts at the next almighty cycle)."""
+    _set_enabled(cluster, True)
 
 
 @cluster.command("disable")
-@click.argument("cluster_id", type=int)
-def cluster_disable(cluster_id: int) -> None:
-    """Disable a cluster."""
-    _set_enabled(cluster_id, False)
+@click.argument("cluster", metavar="CLUSTER")
+def cluster_disable(cluster: str) -> None:
+    """Disable a cluster, by name or id (its runner stops)."""
+    _set_enabled(cluster, False)
 
 
 @cluster.command("test")

@@ -22,7 +22,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 
 from cigri import __version__
 from cigri.config import Conf
-from cigri.errors import ConfigError
+from cigri.errors import CigriError, ConfigError
 
 DEFAULT_CLIENT_CONF = "/etc/cigri/api-clients.conf"
 UNIX_BASE = "http+unix://cigri-api"
@@ -124,9 +124,25 @@ def load_client_conf() -> Conf:
     if not path and os.path.isfile(DEFAULT_CLIENT_CONF):
         path = DEFAULT_CLIENT_CONF
     try:
-        return Conf(path) if path else Conf()
+        if path:
+            return Conf(path)
+        return _local_mode_conf() or Conf()
     except ConfigError as e:
         raise CliError(str(e)) from None
+
+
+def _local_mode_conf() -> Conf | None:
+    """No client configuration and no system API socket, but `cigri local run` is serving
+    in this user's data directory: talk to it (the README's first command)."""
+    from cigri.config import embedded_conf, user_data_dir
+
+    if os.path.exists(str(Conf().get("API_SOCKET"))):
+        return None
+    emb = embedded_conf()
+    if not os.path.exists(str(emb.get("API_SOCKET"))):
+        return None
+    written = user_data_dir() / "cigri-local.conf"
+    return Conf(written) if written.is_file() else emb
 
 
 class ApiClient:
@@ -282,6 +298,16 @@ def run_command(cmd: click.Command, argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except CigriError as e:  # e.g. a bad cigri.conf in the admin tools: its file and line, no traceback
+        err(str(e))
+        return 1
+    except Exception as e:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(e, SQLAlchemyError):  # admin tools: database down, wrong password...
+            err(f"Database error: {getattr(e, 'orig', None) or e}")
+            return 1
+        raise
 
 
 def version_option(name: str) -> Any:

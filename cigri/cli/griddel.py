@@ -44,7 +44,7 @@ def cli(ids: tuple[int, ...], campaign_ids: str | None, pause: bool, resume: boo
                 click.echo(r.message)
         else:
             failed = True
-            err(f"Failed to cancel job {job}: {r.message}.")
+            err(f"Failed to cancel job {job}: {r.message.rstrip('.')}.")
     flag, verb = ("", "cancel")
     if purge:
         flag, verb = "?purge=1", "purge"
@@ -59,7 +59,7 @@ def cli(ids: tuple[int, ...], campaign_ids: str | None, pause: bool, resume: boo
                 click.echo(r.message)
         else:
             failed = True
-            err(f"Failed to {verb} campaign {cid}: {r.message}.")
+            err(f"Failed to {verb} campaign {cid}: {r.message.rstrip('.')}.")
     return 1 if failed else 0
 
 

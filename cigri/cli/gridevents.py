@@ -53,7 +53,7 @@ def cli(campaign_arg: int | None, campaign: int | None, global_: bool, event: in
                     "message": "The job has been marked in the event state by the administrator."}
         r = api.post("/events", json=body)
         if r.status != 201:
-            raise CliError(f"Failed to add event: {r.message}.")
+            raise CliError(f"Failed to add event: {r.message.rstrip('.')}.")
         if verbose:
             click.echo(r.message)
         return 0
@@ -66,7 +66,7 @@ def cli(campaign_arg: int | None, campaign: int | None, global_: bool, event: in
             raise CliError("Missing CAMPAIGN (-c) or EVENT (-e) id to fix")
         r = api.delete(path)
         if r.status != 202:
-            raise CliError(f"Failed to fix event(s): {r.message}.")
+            raise CliError(f"Failed to fix event(s): {r.message.rstrip('.')}.")
         if verbose:
             click.echo(r.message)
         return 0

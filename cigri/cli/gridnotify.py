@@ -50,14 +50,14 @@ def cli(mail: str | None, jabber: str | None, severity: str | None, unsubscribe:
             r = api.delete(f"/notifications/{kind}", params={"identity": ident})
             if r.status != 202:
                 failed = True
-                click.echo(f"Failed to unsubscribe {ident}: {r.message}.", err=True)
+                click.echo(f"Failed to unsubscribe {ident}: {r.message.rstrip('.')}.", err=True)
             continue
         if severity is None:
             raise CliError("ERROR: Severity should be 'low', 'medium' or 'high'!", 2)
         r = api.post(f"/notifications/{kind}", json={"identity": ident, "severity": severity})
         if r.status != 201:
             failed = True
-            click.echo(f"Failed to subscribe with {ident}: {r.message}.", err=True)
+            click.echo(f"Failed to subscribe with {ident}: {r.message.rstrip('.')}.", err=True)
         elif verbose:
             click.echo(r.message)
     return 1 if failed else 0

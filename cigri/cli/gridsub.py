@@ -84,6 +84,26 @@ def _jdl_with_params(jdl: dict[str, Any], param_path: str) -> bytes:
     return json.dumps(rest).encode()
 
 
+def _file_duplicate(param_path: str) -> str | None:
+    """Where the param_file repeats a parameter name, in the file's own 1-based line numbers
+    (the server only sees the list of non-empty lines). Error path only."""
+    seen: dict[str, int] = {}
+    try:
+        with open(param_path, encoding="utf-8", errors="replace") as f:
+            for n, raw in enumerate(f, 1):
+                line = raw.strip()
+                if not line:
+                    continue
+                name = line.split(None, 1)[0]
+                if name in seen:
+                    return (f"duplicate parameter name {name!r} at lines {seen[name]} and {n} "
+                            f"of param_file '{param_path}'")
+                seen[name] = n
+    except OSError:
+        return None
+    return None
+
+
 class _ProgressBody(io.BytesIO):
     """A request body that draws the upload progress as it is read."""
 
@@ -128,12 +148,15 @@ def cli(files: tuple[str, ...], jsons: tuple[str, ...], campaign: int | None, jo
     api = ApiClient()
     failed = False
     bodies: list[tuple[str, Any, int]] = []
+    param_files: dict[int, str] = {}  # body index -> param_file read for it
     for path in files:
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise CliError(f"Error: cannot read JDL file {path}: {e}") from None
+        except OSError as e:
+            raise CliError(f"Error: cannot read JDL file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise CliError(f"Error: JDL file {path} is not valid UTF-8") from None
         jdl = _load_jdl(text, f"JDL file {path}")
         if "param_file" in jdl and isinstance(jdl["param_file"], str) and "params" not in jdl:
             ppath = _param_path(jdl["param_file"])
@@ -141,6 +164,7 @@ def cli(files: tuple[str, ...], jsons: tuple[str, ...], campaign: int | None, jo
                 psize = os.path.getsize(ppath)
             except OSError as e:
                 raise CliError(f"Error: cannot read param_file '{ppath}': {e.strerror}") from None
+            param_files[len(bodies)] = ppath
             if psize <= IN_MEMORY_LIMIT:  # fast path: C JSON encoder, Content-Length
                 data = _jdl_with_params(jdl, ppath)
                 bodies.append((path, _with_progress(data, "Sending parameters"), len(data)))
@@ -152,7 +176,7 @@ def cli(files: tuple[str, ...], jsons: tuple[str, ...], campaign: int | None, jo
     for i, text in enumerate(jsons):
         _load_jdl(text, f"JDL #{i + 1}")
         bodies.append((f"JDL #{i + 1}", text.encode(), len(text)))
-    for _, data, _ in bodies:
+    for i, (_, data, _) in enumerate(bodies):
         r = api.post("/campaigns", data=data, headers={"Content-Type": "application/json"})
         if isinstance(data, _ProgressBody):
             data.bar.render_finish()
@@ -168,7 +192,10 @@ def cli(files: tuple[str, ...], jsons: tuple[str, ...], campaign: int | None, jo
             elif r.status == 403:
                 err(f"Error: not allowed: {r.message}")
             else:
-                err(f"Error: {r.message}")
+                msg = r.message
+                if i in param_files and "duplicate parameter name" in msg:
+                    msg = f"Error submitting campaign: {_file_duplicate(param_files[i]) or msg}"
+                err(f"Error: {msg}")
     if jobfile or jsonjob:
         if campaign is None:
             err("Please provide a campaign ID to add jobs in it")

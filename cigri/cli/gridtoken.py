@@ -61,14 +61,14 @@ def cli(cluster_id: int | None, token: str | None, remove: bool, list_: bool, ve
         if verbose:
             echo_json(r.body)
         if r.status != 202:
-            raise CliError(f"Failed to remove JWT token on cluster {cluster_id}: {r.message}.")
+            raise CliError(f"Failed to remove JWT token on cluster {cluster_id}: {r.message.rstrip('.')}.")
         return 0
     if cluster_id is not None and token:
         r = api.post("/tokens", json={"cluster_id": cluster_id, "token": token})
         if verbose:
             echo_json(r.body)
         if r.status != 201:
-            raise CliError(f"Failed to register token on cluster {cluster_id}: {r.message}.")
+            raise CliError(f"Failed to register token on cluster {cluster_id}: {r.message.rstrip('.')}.")
         click.echo(r.message + ".")
         return 0
     click.echo(click.get_current_context().get_help())

@@ -241,6 +241,10 @@ def run_lock(conf: Conf) -> tuple[int, bool]:
 
 def client_hint(conf: Conf) -> str | None:
     """How to point gridstat & co here, when their own configuration lookup does not."""
+    sock = Path(str(conf.get("API_LISTEN_SOCKET")))
+    end = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < end:  # the clients find the local API by its socket
+        time.sleep(0.1)
     try:
         from cigri.cli.client import load_client_conf
 
@@ -328,15 +332,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemons = Daemons(conf, daemon_conf(conf, args.cores), api=not args.no_api)
         daemons.start()
         print(f"CiGri is running (log: {daemons.log_path}); Ctrl-C stops it, running tasks go on.", flush=True)
-        hint = client_hint(conf)
-        if hint and not args.quiet and not args.no_api:
+        hint = client_hint(conf) if not args.quiet and not args.no_api else None
+        if hint:
             print(hint, flush=True)
     else:
         print("Another `cigri local run` runs CiGri here: following the campaign.", flush=True)
+    # Ctrl-C stops this command (and the daemons, cleanly) even when started with SIGINT
+    # ignored (`cigri local run … &` in a script): the daemons handle SIGINT themselves.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     display = Display(quiet=args.quiet)
     p: dict[str, Any] | None = None
     code = EXIT_OK
     blocked_since: float | None = None
+    blocked_shown = False
     block_wait = max(10.0, 6 * float(conf.get("ALMIGHTY_CYCLE")))
     try:
         while True:
@@ -364,16 +372,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                 break
             if p["active"] == 0 and p["open_events"] and p["state"] == "in_treatment":
                 blocked_since = blocked_since or time.monotonic()
-                if time.monotonic() - blocked_since > block_wait:
+                if time.monotonic() - blocked_since > block_wait and not blocked_shown:
                     display.end(cid, p)
                     print(f"Campaign {cid} is stopped by open events:")
                     print_events(p)
-                    print(f"Fix them (e.g. `gridevents -c {cid} -f -r` to close them and resubmit the "
-                          f"failed tasks), then run `cigri local run {args.jdl}` again to resume.")
-                    code = EXIT_BLOCKED
-                    break
+                    fix = f"`gridevents -c {cid} -f -r` (closes them and resubmits the failed tasks)"
+                    if display.tty and daemons is not None and not args.no_api:
+                        # gridevents needs the API, which lives as long as this command: wait here.
+                        print(f"Fix them with {fix} in another shell: CiGri goes on. Ctrl-C stops it.",
+                              flush=True)
+                        blocked_shown = True
+                    else:
+                        print(f"Fix them: run `cigri local run {args.jdl}` again and, while it runs, {fix} "
+                              "in another shell.")
+                        code = EXIT_BLOCKED
+                        break
             else:
                 blocked_since = None
+                blocked_shown = False
             if daemons is not None and daemons.dead():
                 display.end(cid, p)
                 print(f"CiGri's {', '.join(daemons.dead())} stopped unexpectedly: see {daemons.log_path}",
