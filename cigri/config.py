@@ -130,6 +130,7 @@ VARIABLES: dict[str, Var] = {
     "DEFAULT_MAX_RESUBMIT": Var(20, _int, "per-task resubmissions before TOO_MANY_RESUBMIT"),
     "NIGHTLY_START": Var("19:00", _str, "start of the nightly window (local time)"),
     "NIGHTLY_END": Var("07:00", _str, "end of the nightly window (local time)"),
+    "RUNNER_WAITING_GRACE": Var(10, _int, "seconds a just-submitted job may wait before it closes its tap"),
     "API_LISTEN_SOCKET": Var("/run/cigri/api.sock", _str, "Unix socket of the API (SO_PEERCRED identity)"),
     "API_LISTEN_HOST": Var("", _str, "TCP address of the API ('' = no TCP listener)"),
     "API_LISTEN_PORT": Var(8080, _int),

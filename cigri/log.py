@@ -92,3 +92,13 @@ def setup_logging(progname: str, conf: Conf | None = None, *, logger: str = "cig
     log.setLevel(level)
     log.propagate = False
     return log
+
+
+def setup_daemon_logging(progname: str, conf: Conf | None = None) -> logging.Logger:
+    """A daemon keeps running when LOG_FILE cannot be opened: it logs to stderr and says why."""
+    try:
+        return setup_logging(progname, conf)
+    except ConfigError as e:
+        log = setup_logging(progname, (conf or get_conf()).with_values(LOG_FILE="STDERR"))
+        log.error("%s: logging to stderr instead", e)
+        return log

@@ -14,6 +14,7 @@ from types import FrameType
 
 from cigri.config import Conf, get_conf, set_conf
 from cigri.errors import ConfigError
+from cigri.log import setup_daemon_logging
 
 log = logging.getLogger("cigri.colombo")
 POLL = 0.5
@@ -30,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cigri-colombo: {e}", file=sys.stderr)
         return 1
     set_conf(conf)
-    from cigri.modules.runner import setup_logging
-
-    setup_logging(conf, "COLOMBO")
+    setup_daemon_logging("COLOMBO", conf)
     from cigri.db.engine import get_engine, wait_for_database
     from cigri.engine import colombo
 
@@ -48,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     engine = get_engine(conf)
-    wait_for_database(engine)
+    if not wait_for_database(engine, stop=lambda: stopping["flag"]):
+        return 0
     try:
         from cigri.db.notify import COLOMBO, Waiter
 

@@ -14,26 +14,9 @@ from types import FrameType
 
 from cigri.config import Conf, get_conf, set_conf
 from cigri.errors import ConfigError
+from cigri.log import setup_daemon_logging
 
 log = logging.getLogger("cigri.runner")
-
-
-def setup_logging(conf: Conf, name: str) -> None:
-    try:
-        from cigri.log import setup_logging as _setup
-
-        _setup(name, conf)
-        return
-    except Exception:  # noqa: BLE001 - fall back to plain logging
-        pass
-    level = str(conf.get("LOG_LEVEL")).upper()
-    level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
-    target = str(conf.get("LOG_FILE"))
-    fmt = f"[%(asctime)s][%(levelname).1s][%(process)d][{name}] %(message)s"
-    if target in ("STDOUT", "STDERR", ""):
-        logging.basicConfig(level=level, format=fmt, stream=sys.stdout if target == "STDOUT" else sys.stderr)
-    else:
-        logging.basicConfig(level=level, format=fmt, filename=target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cigri-runner: {e}", file=sys.stderr)
         return 1
     set_conf(conf)
-    setup_logging(conf, f"RUNNER {args.cluster}")
+    setup_daemon_logging(f"RUNNER {args.cluster}", conf)
     from cigri.db.engine import get_engine, wait_for_database
     from cigri.engine.runner import ClusterGone, Runner, run_forever
 
@@ -64,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     engine = get_engine(conf)
-    wait_for_database(engine)
+    if not wait_for_database(engine, stop=lambda: stopping["flag"]):
+        return 0
     runner = Runner(engine, args.cluster, conf)
     try:
         info = runner.load()

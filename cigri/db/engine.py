@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -95,14 +95,20 @@ def transaction(engine: Engine | None = None) -> Iterator[Connection]:
         yield conn
 
 
-def wait_for_database(engine: Engine, delay: float | None = None) -> None:
-    """CiGri3 retries forever when the database is down: log, sleep, retry."""
+def wait_for_database(engine: Engine, delay: float | None = None,
+                      stop: Callable[[], bool] | None = None) -> bool:
+    """CiGri3 retries forever when the database is down: log, sleep, retry. `stop` lets a
+    daemon's SIGTERM end the wait (returns False then)."""
     delay = delay if delay is not None else get_conf().get("DB_RECONNECT_DELAY")
     while True:
         try:
             with engine.connect() as c:
                 c.execute(sa.text("SELECT 1"))
-            return
+            return True
         except sa.exc.OperationalError as e:
             log.error("Database not reachable (%s); retrying in %.0f s", str(e).splitlines()[0], delay)
-            time.sleep(delay)
+            deadline = time.monotonic() + float(delay)
+            while time.monotonic() < deadline:
+                if stop is not None and stop():
+                    return False
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))

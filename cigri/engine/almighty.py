@@ -44,6 +44,8 @@ from cigri.db import events as eventsdb
 from cigri.db.engine import get_engine, transaction, wait_for_database
 from cigri.db.notify import JUDAS, Waiter, notify
 from cigri.db.schema import clusters, events, parameters
+from cigri.errors import ConfigError
+from cigri.log import setup_daemon_logging
 
 log = logging.getLogger("cigri.almighty")
 
@@ -52,36 +54,6 @@ PERIODIC = ("metascheduler", "updator", "nikita")
 
 # ---------------------------------------------------------------- logging (spec §1.6)
 
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "ERROR": logging.ERROR,
-           "FATAL": logging.CRITICAL}
-
-
-def setup_logging(conf: Conf, progname: str) -> None:
-    """CiGri3's log format (cigri.log); a minimal equivalent if that fails."""
-    try:
-        from cigri.log import setup_logging as shared
-
-        shared(progname, conf)
-        return
-    except Exception:  # noqa: BLE001 - e.g. unwritable LOG_FILE: fall back below
-        pass
-    dest = str(conf.get("LOG_FILE") or "STDOUT")
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    handler: logging.Handler
-    if dest.upper() == "STDOUT":
-        handler = logging.StreamHandler(sys.stdout)
-        fmt = f"[%(asctime)s][%(levelname).1s][{progname}] %(message)s"
-    elif dest.upper() == "STDERR":
-        handler = logging.StreamHandler(sys.stderr)
-        fmt = f"[%(asctime)s][%(levelname).1s][{progname}] %(message)s"
-    else:
-        handler = logging.FileHandler(dest)
-        fmt = f"[%(asctime)s.%(msecs)03d][%(levelname).1s][%(process)d][{progname}] %(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
-    root.addHandler(handler)
-    root.setLevel(_LEVELS.get(str(conf.get("LOG_LEVEL")).upper(), logging.INFO))
 
 
 def _set_title(title: str) -> None:
@@ -136,7 +108,8 @@ class DaemonLoop:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGUSR1, self._on_usr1)
-        wait_for_database(engine, self.conf.get("DB_RECONNECT_DELAY"))
+        if not wait_for_database(engine, self.conf.get("DB_RECONNECT_DELAY"), stop=lambda: self.stopping):
+            return 0
         if once:
             self.cycle(engine, self.conf)
             return 0
@@ -165,16 +138,42 @@ class DaemonLoop:
         return 0
 
 
+CONF_EPILOG = ("Configuration: --conf FILE, else $CIGRICONFFILE, else cigri.conf in $CIGRICONFDIR, "
+               "$CIGRIDIR, ., ./etc, /etc/cigri; with none at all, the embedded SQLite configuration "
+               "of local mode. Logs go to LOG_FILE (default: standard output).")
+
+
+def _daemon_conf(prog: str, path: str | None) -> Conf | None:
+    """The daemon's configuration, or None after printing one line naming the problem."""
+    try:
+        if path:
+            conf = Conf(path)
+            os.environ["CIGRICONFFILE"] = os.path.abspath(path)  # children read the same file
+            set_conf(conf)
+            return conf
+        return get_conf()
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
+
+
 def module_main(name: str, cycle: Callable[[Engine, Conf], Any], channels: Sequence[str],
                 period: Callable[[Conf], float], argv: Sequence[str] | None = None,
                 loop_default: bool = False) -> int:
     """Entry point of cigri-<name>: one pass (CiGri3's one-shot modules) or `--loop`."""
-    ap = argparse.ArgumentParser(prog=f"cigri-{name}", description=(cycle.__doc__ or name).splitlines()[0])
-    ap.add_argument("--loop", action="store_true", default=loop_default, help="run until SIGTERM (daemon)")
-    ap.add_argument("--once", action="store_true", help="run one pass and exit")
+    ap = argparse.ArgumentParser(prog=f"cigri-{name}", description=(cycle.__doc__ or name).splitlines()[0],
+                                 epilog=CONF_EPILOG)
+    ap.add_argument("--conf", metavar="FILE", help="cigri.conf to use")
+    ap.add_argument("--loop", action="store_true", default=loop_default,
+                    help="run until SIGTERM, woken by NOTIFY and at least every ALMIGHTY_CYCLE seconds "
+                         "(as almighty runs it)" + (" [default]" if loop_default else ""))
+    ap.add_argument("--once", action="store_true",
+                    help="run one pass and exit" + ("" if loop_default else " [default]"))
     a = ap.parse_args(argv)
-    conf = get_conf()
-    setup_logging(conf, name.upper())
+    conf = _daemon_conf(f"cigri-{name}", a.conf)
+    if conf is None:
+        return 1
+    setup_daemon_logging(name.upper(), conf)
     _set_title(f"cigri: {name}")
     return DaemonLoop(name, cycle, channels, period, conf).run(once=a.once or not a.loop)
 
@@ -198,7 +197,10 @@ class Child:
 
 
 def _pdeathsig() -> None:
-    """Children die with almighty, even after a kill -9 (Linux PR_SET_PDEATHSIG)."""
+    """Children die with almighty, even after a kill -9 (Linux PR_SET_PDEATHSIG). SIGUSR1 starts
+    ignored (the disposition survives exec) so a wake-up sent before the child installed its
+    handler cannot kill it; judas then installs its own handler."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
     except Exception:  # noqa: BLE001, S110
@@ -432,7 +434,9 @@ class Almighty:
             Path(pid_file).parent.mkdir(parents=True, exist_ok=True)
             Path(pid_file).write_text(f"{os.getpid()}\n")
         try:
-            wait_for_database(self.engine, self.conf.get("DB_RECONNECT_DELAY"))
+            if not wait_for_database(self.engine, self.conf.get("DB_RECONNECT_DELAY"),
+                                     stop=lambda: self.stopping):
+                return 0
             self.check_database()
             self._add("judas", "judas", "judas", self._argv("judas"))
             self._add("colombo", "colombo", "colombo", self._argv("colombo"))
@@ -517,9 +521,16 @@ def run_almighty(conf: Conf | None = None, commands: dict[str, list[str]] | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="cigri-almighty", description="CiGri's supervisor: runs every engine daemon.")
-    ap.parse_args(argv)
-    conf = get_conf()
-    setup_logging(conf, "ALMIGHTY")
+    ap = argparse.ArgumentParser(
+        prog="cigri-almighty", epilog=CONF_EPILOG,
+        description="CiGri's supervisor, in the foreground: starts judas, colombo, one runner per enabled "
+                    "cluster (clusters added, enabled or disabled later are picked up) and the meta-scheduler, "
+                    "updator and nikita loops; restarts what crashes; SIGTERM or Ctrl-C stops everything.")
+    ap.add_argument("--conf", metavar="FILE", help="cigri.conf to use (passed on to every daemon)")
+    a = ap.parse_args(argv)
+    conf = _daemon_conf("cigri-almighty", a.conf)
+    if conf is None:
+        return 1
+    setup_daemon_logging("ALMIGHTY", conf)
     _set_title("cigri: almighty")
     return run_almighty(conf)

@@ -27,9 +27,10 @@ FAKE = ("import os, signal, sys, time, pathlib\n"
 
 LAUNCHER = ("import json, sys\n"
             "from cigri.config import Conf\n"
-            "from cigri.engine.almighty import run_almighty, setup_logging\n"
+            "from cigri.engine.almighty import run_almighty\n"
+            "from cigri.log import setup_daemon_logging\n"
             "conf = Conf(values=json.loads(sys.argv[1]))\n"
-            "setup_logging(conf, 'ALMIGHTY')\n"
+            "setup_daemon_logging('ALMIGHTY', conf)\n"
             "sys.exit(run_almighty(conf, commands=json.loads(sys.argv[2])))\n")
 
 
