@@ -71,7 +71,7 @@ def _precheck_params(expanded: dict[str, Any]) -> None:
     if "params" in expanded:
         dup = dbp.first_duplicate(expanded["params"])
         if dup:
-            raise dbp.duplicate_message(dup[0], [dup[1] - 1, dup[2] - 1], "'params' (elements)")
+            raise dbp.duplicate_message(dup[0], [dup[1], dup[2]], "'params' (elements, from 1)")
 
 
 def _duplicate_error(expanded: dict[str, Any], user: str, name: str | None, source: str,

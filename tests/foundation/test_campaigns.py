@@ -73,7 +73,7 @@ def test_no_usable_cluster_writes_nothing(engine, clusters):
 
 def test_duplicate_names_in_params(engine, clusters):
     jdl = {"name": "n", "params": ["a 1", "b 2", "a 3"], "exec_file": "e", "clusters": {"dahu": {}}}
-    with pytest.raises(ParseError, match=r"duplicate parameter name 'a' at lines 0 and 2"):
+    with pytest.raises(ParseError, match=r"duplicate parameter name 'a' at lines 1 and 3"):
         C.submit_campaign(engine, jdl, "u")
     assert q(engine, "SELECT count(*) FROM campaigns")[0][0] == 0
 
@@ -118,6 +118,12 @@ def test_large_param_file_both_paths(engine, clusters, tmp_path):
     cid = C.submit_campaign(engine, {"name": "n", "param_file": str(pf), "exec_file": "e",
                                      "clusters": {"dahu": {}}}, "u")
     assert counts(engine, cid) == (n, n)
+    if engine.dialect.name == "postgresql":
+        # Fresh statistics: after the suite's TRUNCATEs the planner believes these tables are
+        # empty and would nest-loop 120k x 120k rows for the check below.
+        with engine.begin() as c:
+            c.execute(sa.text("ANALYZE bag_of_tasks"))
+            c.execute(sa.text("ANALYZE parameters"))
     assert q(engine, "SELECT count(*) FROM bag_of_tasks b JOIN parameters p ON p.id = b.param_id "
                      "WHERE b.campaign_id = :c AND p.campaign_id = :c", c=cid)[0][0] == n
     assert q(engine, "SELECT nb_jobs FROM campaigns WHERE id = :c", c=cid)[0][0] == n
