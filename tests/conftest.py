@@ -114,8 +114,35 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 
 def add_cluster(engine: Engine, name: str = "c1", batch: str = "oar2_5",
-                api_url: str = "http://127.0.0.1:6668/oarapi/", **kw: object) -> int:
+                api_url: str = "http://127.0.0.1:9/oarapi/", **kw: object) -> int:
+    """A cluster row. The default URL is a closed port: a test that really talks to a cluster
+    passes its URL (the OAR testbed: tests/oar_testbed.register_testbed_clusters)."""
     values = {"name": name, "api_url": api_url, "batch": batch, "api_auth_type": "none",
               "resource_unit": "core", "enabled": True} | kw
     with engine.begin() as c:
         return int(c.execute(schema.clusters.insert().values(**values).returning(schema.clusters.c.id)).scalar_one())
+
+
+# A hung test must fail with a traceback, not eat CI's time budget: each test gets a
+# deadline (CIGRI_TEST_TIMEOUT seconds, 900 for tests marked oar/slow, 300 otherwise).
+@pytest.fixture(autouse=True)
+def _test_deadline(request: pytest.FixtureRequest) -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    slow = request.node.get_closest_marker("oar") or request.node.get_closest_marker("slow")
+    limit = int(os.environ.get("CIGRI_TEST_TIMEOUT", "900" if slow else "300"))
+
+    def _expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"test exceeded its {limit} s deadline")
+
+    old = signal.signal(signal.SIGALRM, _expired)
+    signal.alarm(limit)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
