@@ -12,6 +12,7 @@ import signal
 import sys
 from types import FrameType
 
+from cigri.clusters.base import ClusterConfigError
 from cigri.config import Conf, get_conf, set_conf
 from cigri.errors import ConfigError
 from cigri.log import setup_daemon_logging
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s: runner not started.", e)
         engine.dispose()
         return 0
+    except ClusterConfigError as e:  # e.g. a batch type without adapter, cert auth without a certificate
+        log.error("Cluster %s cannot be used: %s", args.cluster, e)
+        engine.dispose()
+        return 2
     try:
         if args.once:
             runner.run_cycle()
