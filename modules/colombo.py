@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     waiter = None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("Interruption caught: exiting.")
-        stopping["flag"] = True
+        stopping["flag"] = True  # no logging in a signal handler
         if waiter is not None:
             waiter.wake()
 
@@ -48,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     engine = get_engine(conf)
     if not wait_for_database(engine, stop=lambda: stopping["flag"]):
+        log.info("Interruption caught: exiting.")
         return 0
     try:
         from cigri.db.notify import COLOMBO, Waiter
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 waiter.wait(POLL)
             else:
                 time.sleep(POLL)
+        if stopping["flag"]:
+            log.info("Interruption caught: exiting.")
     finally:
         if waiter is not None:
             waiter.close()

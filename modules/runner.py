@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     waiter = None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("Interruption caught: exiting.")
-        stopping["flag"] = True
+        stopping["flag"] = True  # no logging in a signal handler
         if waiter is not None:
             waiter.wake()
 
@@ -49,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     engine = get_engine(conf)
     if not wait_for_database(engine, stop=lambda: stopping["flag"]):
+        log.info("Interruption caught: exiting.")
         return 0
     runner = Runner(engine, args.cluster, conf)
     try:
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("No wake-up channel (%s): polling", e)
         log.info("Runner of cluster %s (id %s) started", info.name, info.id)
         run_forever(runner, lambda: stopping["flag"], waiter)
+        if stopping["flag"]:
+            log.info("Interruption caught: exiting.")
     except ClusterGone as e:
         log.warning("%s: runner exiting.", e)
     finally:

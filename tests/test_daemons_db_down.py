@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
@@ -20,17 +20,26 @@ def test_sigterm_while_the_database_is_down(tmp_path, module, args):
     env = dict(os.environ, CIGRICONFFILE=str(conf))
     proc = subprocess.Popen([sys.executable, "-m", f"cigri.modules.{module}", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
+    lines: list[str] = []
+    waiting = threading.Event()
+
+    def drain() -> None:  # read everything, so the daemon never blocks on a full pipe
         assert proc.stderr is not None
-        line = ""
-        deadline = time.monotonic() + 120
-        while "Database not reachable" not in line and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-        assert "Database not reachable" in line
+        for line in proc.stderr:
+            lines.append(line)
+            if "Database not reachable" in line:
+                waiting.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert waiting.wait(120), "".join(lines)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0
+        try:
+            rc = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{module} ignored SIGTERM; it said:\n" + "".join(lines))
+        assert rc == 0, "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -93,8 +93,7 @@ class DaemonLoop:
             pass
 
     def _on_term(self, signum: int, _frame: Any) -> None:
-        if not self.stopping:
-            log.info("Interruption caught: exiting.")
+        # No logging here: a handler interrupting the logging machinery could deadlock.
         self.stopping = True
         if self.waiter is not None:
             self.waiter.wake()
@@ -109,6 +108,7 @@ class DaemonLoop:
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGUSR1, self._on_usr1)
         if not wait_for_database(engine, self.conf.get("DB_RECONNECT_DELAY"), stop=lambda: self.stopping):
+            log.info("Interruption caught: exiting.")
             return 0
         if once:
             self.cycle(engine, self.conf)
@@ -133,6 +133,7 @@ class DaemonLoop:
                 if self.stopping:
                     break
                 self.waiter.wait(self.period(self.conf))
+            log.info("Interruption caught: exiting.")
         finally:
             self.waiter.close()
         return 0
