@@ -166,7 +166,7 @@ def module_main(name: str, cycle: Callable[[Engine, Conf], Any], channels: Seque
                                  epilog=CONF_EPILOG)
     ap.add_argument("--conf", metavar="FILE", help="cigri.conf to use")
     ap.add_argument("--loop", action="store_true", default=loop_default,
-                    help="run until SIGTERM, woken by NOTIFY and at least every ALMIGHTY_CYCLE seconds "
+                    help="run until SIGTERM, woken by NOTIFY and at least once per period "
                          "(as almighty runs it)" + (" [default]" if loop_default else ""))
     ap.add_argument("--once", action="store_true",
                     help="run one pass and exit" + ("" if loop_default else " [default]"))
