@@ -143,30 +143,17 @@ def make_handler(st: FakeOARState) -> type[BaseHTTPRequestHandler]:
 
 # ----------------------------------------------------------------------------- helpers
 def scratch_db(name: str) -> Conf:
-    from cigri.db.admin import init_schema
+    from cigri.db.admin import create_scratch_database
 
-    adm = sa.create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    with adm.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        c.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE template0'))
-    adm.dispose()
-    eng = sa.create_engine(f"{PG_BASE}/{name}")
-    init_schema(eng)
-    eng.dispose()
-    url = sa.make_url(f"{PG_BASE}/{name}")
-    return Conf(values={"DATABASE_TYPE": "PostgreSQL", "DATABASE_HOST": url.host or "127.0.0.1",
-                        "DATABASE_PORT": str(url.port or 5432), "DATABASE_NAME": name,
-                        "DATABASE_USER_NAME": url.username or "cigri",
-                        "DATABASE_USER_PASSWORD": url.password or "cigri", "DATABASE_SSL_MODE": "disable",
-                        "LOG_FILE": "STDERR", "LOG_LEVEL": "WARN", "RUNNER_MIN_CYCLE_DURATION": "1",
-                        "ALMIGHTY_CYCLE": "0.5", "STRESS_FACTOR": "100"})
+    return Conf(values=create_scratch_database(PG_BASE, name) | {
+        "LOG_FILE": "STDERR", "LOG_LEVEL": "WARN", "RUNNER_MIN_CYCLE_DURATION": "1",
+        "ALMIGHTY_CYCLE": "0.5", "STRESS_FACTOR": "100"})
 
 
 def drop_db(name: str) -> None:
-    adm = sa.create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    with adm.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    adm.dispose()
+    from cigri.db.admin import drop_scratch_database
+
+    drop_scratch_database(PG_BASE, name)
 
 
 def direct_limit(adapter: Any, exec_file: str, params: list[str], wait_done: bool) -> float:

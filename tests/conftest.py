@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from cigri.config import Conf, set_conf
 from cigri.db import schema
-from cigri.db.admin import init_schema
+from cigri.db.admin import create_scratch_database, database_conf_values, drop_scratch_database, init_schema
 from cigri.db.engine import make_engine, reset_engines
 
 PG_BASE = os.environ.get("CIGRI_TEST_PG", "postgresql+psycopg://cigri:cigri@127.0.0.1:5432")
@@ -24,6 +24,7 @@ TABLES = [t.name for t in schema.metadata.sorted_tables]
 
 
 def _admin_engine() -> Engine:
+    """The server's `postgres` database, for tests that build a database by hand (CiGri 3.0 upgrade)."""
     return sa.create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
 
 
@@ -31,26 +32,14 @@ def _admin_engine() -> Engine:
 def pg_dbname() -> Iterator[str]:
     """A fresh PostgreSQL database with the CiGri schema, dropped at the end of the session."""
     name = f"cigri_test_{os.getpid()}"
-    adm = _admin_engine()
-    with adm.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        c.execute(sa.text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
-    eng = sa.create_engine(f"{PG_BASE}/{name}")
-    init_schema(eng)
-    eng.dispose()
+    create_scratch_database(PG_BASE, name)
     yield name
     reset_engines()
-    with adm.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    adm.dispose()
+    drop_scratch_database(PG_BASE, name)
 
 
 def pg_conf_values(dbname: str) -> dict[str, str]:
-    url = sa.make_url(f"{PG_BASE}/{dbname}")
-    return {"DATABASE_TYPE": "PostgreSQL", "DATABASE_HOST": url.host or "127.0.0.1",
-            "DATABASE_PORT": str(url.port or 5432), "DATABASE_NAME": dbname,
-            "DATABASE_USER_NAME": url.username or "cigri", "DATABASE_USER_PASSWORD": url.password or "cigri",
-            "DATABASE_SSL_MODE": "disable"}
+    return database_conf_values(f"{PG_BASE}/{dbname}")
 
 
 @pytest.fixture(scope="session")

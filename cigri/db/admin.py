@@ -362,3 +362,40 @@ def grant_to(engine: Engine, role: str) -> None:
     with engine.begin() as c:
         c.execute(sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}"))
         c.execute(sa.text(f"GRANT SELECT, UPDATE, USAGE ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
+
+
+def database_conf_values(url: str | sa.engine.URL) -> dict[str, str]:
+    """The cigri.conf variables that reach the PostgreSQL database at `url`."""
+    u = sa.make_url(url)
+    return {"DATABASE_TYPE": "PostgreSQL", "DATABASE_HOST": u.host or "127.0.0.1",
+            "DATABASE_PORT": str(u.port or 5432), "DATABASE_NAME": u.database or "",
+            "DATABASE_USER_NAME": u.username or "cigri", "DATABASE_USER_PASSWORD": u.password or "cigri",
+            "DATABASE_SSL_MODE": "disable"}
+
+
+def create_scratch_database(server: str, name: str) -> dict[str, str]:
+    """(Re)create an empty PostgreSQL database `name` with the CiGri schema on the server at
+    `server` (a URL without database, whose role has CREATEDB). For tests and benchmarks;
+    returns its cigri.conf variables."""
+    drop_scratch_database(server, name)
+    adm = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with adm.connect() as c:
+            c.execute(sa.text(f"CREATE DATABASE {_ident(name)} ENCODING 'UTF8' TEMPLATE template0"))
+    finally:
+        adm.dispose()
+    eng = sa.create_engine(f"{server}/{name}")
+    try:
+        init_schema(eng)
+    finally:
+        eng.dispose()
+    return database_conf_values(f"{server}/{name}")
+
+
+def drop_scratch_database(server: str, name: str) -> None:
+    adm = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with adm.connect() as c:
+            c.execute(sa.text(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)"))
+    finally:
+        adm.dispose()

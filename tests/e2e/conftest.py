@@ -209,21 +209,9 @@ class Grid:
 
 
 def _scratch_db(name: str) -> dict[str, str]:
-    from cigri.db.admin import init_schema
+    from cigri.db.admin import create_scratch_database
 
-    adm = sa.create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    with adm.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        c.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE template0'))
-    adm.dispose()
-    eng = sa.create_engine(f"{PG_BASE}/{name}")
-    init_schema(eng)
-    eng.dispose()
-    url = sa.make_url(f"{PG_BASE}/{name}")
-    return {"DATABASE_TYPE": "PostgreSQL", "DATABASE_HOST": url.host or "127.0.0.1",
-            "DATABASE_PORT": str(url.port or 5432), "DATABASE_NAME": name,
-            "DATABASE_USER_NAME": url.username or "cigri", "DATABASE_USER_PASSWORD": url.password or "cigri",
-            "DATABASE_SSL_MODE": "disable"}
+    return create_scratch_database(PG_BASE, name)
 
 
 @pytest.fixture(scope="session")
