@@ -4,7 +4,7 @@
 to the physical limit measured in the same run: `xargs -P <cores>` running the same
 shell commands (GNU parallel is slower than xargs, so xargs is the limit).
 
-    .venv/bin/python bench/local.py [-n 10000] [--cores N] [--skip-engine]
+    .venv/bin/python bench/local.py [-n 10000] [--cores N] [--rounds 3] [--skip-engine]
 
 Everything runs in a temporary directory (its own SQLite database and executor)."""
 
@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,9 +25,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def limit(n: int, cores: int, work: Path) -> float:
-    """xargs -P cores, one `sh -c 'true <i>'` per task (no output files: a strict limit)."""
-    cmd = f"seq {n} | xargs -P {cores} -I{{}} sh -c 'true {{}}'"
+def settle() -> None:
+    """Let the writeback of the previous measurement's files end (it would slow this one)."""
+    os.sync()
+    time.sleep(1.0)
+
+
+def limit(n: int, cores: int, work: Path, files: bool = False) -> float:
+    """xargs -P cores, one `sh -c 'true <i>'` per task, with no output file: a strict limit.
+    With `files`, each task also gets its stdout/stderr files, as on OAR (a scale, not the limit)."""
+    redirect = ""
+    if files:
+        out = work / "xargs-out"
+        out.mkdir(exist_ok=True)
+        redirect = f" > {out}/OAR.{{}}.stdout 2> {out}/OAR.{{}}.stderr"
+    cmd = f"seq {n} | xargs -P {cores} -I{{}} sh -c 'true {{}}{redirect}'"
+    settle()
     t = time.monotonic()
     subprocess.run(cmd, shell=True, check=True)
     return time.monotonic() - t
@@ -42,6 +56,7 @@ def adapter_only(n: int, cores: int, work: Path) -> float:
                      conf=Conf(values={"LOCAL_CORES": str(cores)}))
     out = work / "adapter-out"
     out.mkdir()
+    settle()
     t = time.monotonic()
     ids = a.submit(JobRequest(command="true", params=[str(i) for i in range(n)], directory=str(out)), "bench")
     pending = list(ids)
@@ -67,6 +82,7 @@ def whole_engine(n: int, cores: int, work: Path) -> tuple[float, float]:
     jdl.write_text(json.dumps({"name": "bench", "nb_jobs": n, "exec_file": "true", "exec_directory": str(out),
                                "walltime": "00:10:00", "clusters": {"local": {}}}))
     cigri = [sys.executable, "-c", "import sys; from cigri.cli.local import main; sys.exit(main())"]
+    settle()
     t = time.monotonic()
     subprocess.run([*cigri, "local", "run", str(jdl), "--quiet", "--cores", str(cores)], env=env, check=True)
     wall = time.monotonic() - t
@@ -87,33 +103,58 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=10000)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (the median is reported: this machine is noisy)")
     ap.add_argument("--skip-engine", action="store_true")
     args = ap.parse_args()
     n, cores = args.n, args.cores
-    work = Path(tempfile.mkdtemp(prefix="cigri-bench-local-"))
+    print(f"{n} tasks `true` on {cores} cores, {args.rounds} rounds (load average {os.getloadavg()[0]:.1f})",
+          flush=True)
+    rows: list[dict[str, float]] = []
+    works: list[Path] = []
     try:
-        print(f"{n} tasks `true` on {cores} cores (load average {os.getloadavg()[0]:.1f})", flush=True)
-        lim1 = limit(n, cores, work)
-        print(f"  limit before: xargs -P {cores} sh -c 'true i': {n / lim1:.0f} tasks/s", flush=True)
-        ad = adapter_only(n, cores, work)
-        print(f"  (a) adapter + executor done: {n / ad:.0f} tasks/s", flush=True)
-        wall = steady = None
-        if not args.skip_engine:
-            wall, steady = whole_engine(n, cores, work)
-        lim2 = limit(n, cores, work)
-        print(f"  limit after: {n / lim2:.0f} tasks/s", flush=True)
+        for r in range(args.rounds):
+            # Fresh directories, all deleted at the end: deleting tens of thousands of files
+            # slows the file creations that follow for a while on this machine's ext4.
+            work = Path(tempfile.mkdtemp(prefix="cigri-bench-local-"))
+            works.append(work)
+            # Each figure is compared with the limit measured right before and right after it.
+            lim1 = limit(n, cores, work)
+            ad = adapter_only(n, cores, work)
+            lim2 = limit(n, cores, work)
+            row = {"limit": n / ((lim1 + lim2) / 2), "adapter": n / ad, "adapter_ratio": (lim1 + lim2) / 2 / ad,
+                   "files": n / limit(n, cores, work, files=True)}
+            if not args.skip_engine:
+                wall, steady = whole_engine(n, cores, work)
+                lim3 = limit(n, cores, work)
+                ref = (lim2 + lim3) / 2
+                row.update(engine=n / steady, engine_ratio=ref / steady, wall=n / wall, wall_ratio=ref / wall,
+                           steady_s=steady, wall_s=wall)
+            rows.append(row)
+            print(f"  round {r + 1}: limit {row['limit']:.0f}/s; adapter+executor {row['adapter']:.0f}/s "
+                  f"(ratio {row['adapter_ratio']:.2f})"
+                  + (f"; whole engine {row['engine']:.0f}/s (ratio {row['engine_ratio']:.2f}), wall clock "
+                     f"{row['wall']:.0f}/s (ratio {row['wall_ratio']:.2f})" if "engine" in row else ""), flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    lim = (lim1 + lim2) / 2  # the machine's load changes: compare with the mean of both limits
-    print(f"\nResults ({n} tasks, {cores} cores; ratio = tasks/s / limit tasks/s, limit = mean of before/after)")
-    print(f"  limit  xargs -P {cores} sh -c 'true i'  : {n / lim:7.0f} tasks/s  (before {n / lim1:.0f}, "
-          f"after {n / lim2:.0f})")
-    print(f"  (a) local adapter + executor       : {n / ad:7.0f} tasks/s  ratio {lim / ad:.2f}")
-    if wall is not None and steady is not None:
-        print(f"  (b) whole engine, steady state     : {n / steady:7.0f} tasks/s  ratio {lim / steady:.2f}  "
-              f"(first submission to last end, {steady:.1f} s)")
-        print(f"  (b) `cigri local run`, wall clock  : {n / wall:7.0f} tasks/s  ratio {lim / wall:.2f}  "
-              f"(incl. start-up and shutdown, {wall:.1f} s)")
+        for work in works:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    def rng(key: str) -> str:
+        return f"{min(r[key] for r in rows):.2f}-{max(r[key] for r in rows):.2f}"
+
+    print(f"\nResults ({n} tasks, {cores} cores, median of {len(rows)} rounds; ratio = tasks/s / limit tasks/s,"
+          " the limit measured just before and after)")
+    print(f"  limit  xargs -P {cores} sh -c 'true i'  : {med('limit'):7.0f} tasks/s")
+    print(f"  (for scale: xargs with OAR's two output files per task: {med('files'):.0f} tasks/s)")
+    print(f"  (a) local adapter + executor       : {med('adapter'):7.0f} tasks/s  ratio {med('adapter_ratio'):.2f}"
+          f"  (rounds {rng('adapter_ratio')})")
+    if not args.skip_engine:
+        print(f"  (b) whole engine, steady state     : {med('engine'):7.0f} tasks/s  ratio {med('engine_ratio'):.2f}"
+              f"  (rounds {rng('engine_ratio')}; first submission to last end, {med('steady_s'):.1f} s)")
+        print(f"  (b) `cigri local run`, wall clock  : {med('wall'):7.0f} tasks/s  ratio {med('wall_ratio'):.2f}"
+              f"  (rounds {rng('wall_ratio')}; incl. start-up and shutdown, {med('wall_s'):.1f} s)")
     return 0
 
 

@@ -344,6 +344,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     p: dict[str, Any] | None = None
     code = EXIT_OK
     blocked_since: float | None = None
+    cancelled_since: float | None = None
     blocked_shown = False
     block_wait = max(10.0, 6 * float(conf.get("ALMIGHTY_CYCLE")))
     try:
@@ -366,6 +367,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                     print(f"Campaign {cid} terminated: {p['done']}/{p['total']} tasks done.")
                 break
             if p["state"] == "cancelled":
+                # The daemons stop with this command: let nikita kill the jobs first.
+                cancelled_since = cancelled_since or time.monotonic()
+                if p["active"] and daemons is not None and time.monotonic() - cancelled_since < block_wait * 6:
+                    time.sleep(0.2)
+                    continue
                 display.end(cid, p)
                 print(f"Campaign {cid} was cancelled.")
                 code = EXIT_EVENTS
@@ -402,7 +408,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       f"(it goes on at the next `cigri local run`).")
                 code = EXIT_BLOCKED
                 break
-            time.sleep(0.5)
+            time.sleep(0.25)
     except KeyboardInterrupt:
         display.end(cid, p)
         print("Interrupted: stopping CiGri. Running tasks go on; "

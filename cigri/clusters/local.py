@@ -75,6 +75,8 @@ class LocalAdapter(ClusterAdapter):
         self.store = Store(state_dir_for(getattr(cluster, "api_url", None), self.conf))
         self.cores = local_cores(self.conf)
         self._ready = False
+        #: waiting jobs as last reported (a poll rebuilds only the jobs that changed)
+        self._waiting: dict[int, RemoteJob] = {}
 
     def _setup(self) -> None:
         if not self._ready:
@@ -132,16 +134,28 @@ class LocalAdapter(ClusterAdapter):
         return _to_remote(rec)
 
     def get_jobs(self, remote_ids: Sequence[int]) -> dict[int, RemoteJob]:
-        out: dict[int, RemoteJob] = {}
-        waiting = False
+        ids = []
         for rid in remote_ids:
             try:
-                rec = self.store.read_job(int(rid))
+                ids.append(int(rid))
             except (TypeError, ValueError):
                 continue
-            if rec is not None:
-                waiting = waiting or rec.get("state") == "Waiting"
-                out[int(rid)] = _to_remote(rec)
+        recs = self.store.read_jobs(ids, self._waiting)
+        out: dict[int, RemoteJob] = {}
+        waiting = False
+        for rid, rec in recs.items():
+            if rec is None:  # still waiting: nothing changed since the last look
+                out[rid] = self._waiting[rid]
+                waiting = True
+                continue
+            out[rid] = job = _to_remote(rec)
+            if rec.get("state") == "Waiting":
+                waiting = True
+                if len(self._waiting) > 200_000:
+                    self._waiting.clear()
+                self._waiting[rid] = job
+            else:
+                self._waiting.pop(rid, None)
         if waiting:
             self.store.ensure_executor(self.cores)
         return out

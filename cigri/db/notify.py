@@ -1,4 +1,5 @@
-"""Wake-ups between daemons: PostgreSQL NOTIFY/LISTEN (SQLite: polling).
+"""Wake-ups between daemons: PostgreSQL NOTIFY/LISTEN; on SQLite (local mode, one
+machine) a FIFO per channel in `<database>.notify/`.
 
 CiGri3 woke judas with SIGUSR1 through almighty and everything else ran on fixed
 sleeps. Here a writer calls `notify(conn, channel)` inside its own transaction (the
@@ -9,7 +10,10 @@ soon as one of its channels is notified. Channels: "cigri_metascheduler",
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import select
 import threading
 import time
@@ -32,10 +36,69 @@ def runner_channel(cluster_id: int) -> str:
 
 
 def notify(conn: Connection, channel: str) -> None:
-    """NOTIFY `channel` when the caller's transaction commits (no-op on SQLite)."""
-    if conn.dialect.name != "postgresql":
+    """NOTIFY `channel` when the caller's transaction commits."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_notify(:ch, '')"), {"ch": channel})
+    elif fifo_dir(conn.engine) is not None:
+        _install_sqlite_hooks(conn.engine)
+        conn.info.setdefault(_PENDING, set()).add(channel)
+
+
+# ---------------------------------------------------------------- SQLite: FIFOs
+_PENDING, _READY = "cigri_notify_pending", "cigri_notify_ready"
+_hooked: set[int] = set()
+
+
+def fifo_dir(engine: Engine) -> str | None:
+    """Where the FIFOs of a SQLite database live (None: in-memory database, no wake-ups)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    db = engine.url.database
+    return f"{db}.notify" if db and db != ":memory:" else None
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    """Channels noted in a transaction are sent when its connection goes back to the pool
+    after the commit (as NOTIFY: a rolled-back transaction wakes nobody)."""
+    if id(engine) in _hooked:
         return
-    conn.execute(sa.text("SELECT pg_notify(:ch, '')"), {"ch": channel})
+    _hooked.add(id(engine))
+    directory = fifo_dir(engine)
+
+    def on_commit(conn: Connection) -> None:
+        pending = conn.info.pop(_PENDING, None)
+        if pending:
+            conn.info.setdefault(_READY, set()).update(pending)
+
+    def on_rollback(conn: Connection) -> None:
+        conn.info.pop(_PENDING, None)
+
+    def on_checkin(_dbapi_conn: object, record: object) -> None:
+        ready = getattr(record, "info", {}).pop(_READY, None)
+        for ch in ready or ():
+            send_fifo(directory, ch)
+
+    sa.event.listen(engine, "commit", on_commit)
+    sa.event.listen(engine, "rollback", on_rollback)
+    sa.event.listen(engine.pool, "checkin", on_checkin)
+
+
+def send_fifo(directory: str | None, channel: str) -> None:
+    """Poke the daemon listening on `channel`; nobody listening is not an error."""
+    if directory is None:
+        return
+    try:
+        fd = os.open(os.path.join(directory, channel), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno not in (errno.ENXIO, errno.ENOENT):
+            log.debug("notify %s: %s", channel, e)
+        return
+    try:
+        os.write(fd, b"n")
+    except BlockingIOError:
+        pass  # already full of wake-ups
+    finally:
+        os.close(fd)
 
 
 class Waiter:
@@ -51,6 +114,8 @@ class Waiter:
         self._event = threading.Event()
         self._conn = None  # psycopg.Connection
         self._pg = engine.dialect.name == "postgresql"
+        self._fifos: list[int] = []
+        self._wake_r = self._wake_w = -1
 
     # -- connection
     def _connect(self) -> None:
@@ -67,8 +132,35 @@ class Waiter:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
         self._conn = conn
 
+    def _open_fifos(self) -> None:
+        directory = fifo_dir(self.engine)
+        if directory is None or self._fifos:
+            return
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            for ch in self.channels:
+                path = os.path.join(directory, ch)
+                with contextlib.suppress(FileExistsError):
+                    os.mkfifo(path, 0o600)
+                self._fifos.append(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+        except OSError as e:
+            log.warning("No wake-up FIFOs in %s (%s): polling instead", directory, e)
+            self._close_fifos()
+
+    def _close_fifos(self) -> None:
+        for fd in [*self._fifos, self._wake_r, self._wake_w]:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fifos, self._wake_r, self._wake_w = [], -1, -1
+
     def start(self) -> Waiter:
         """LISTEN now (before the caller's first cycle), so no notification is lost."""
+        if not self._pg:
+            self._open_fifos()
         if self._pg and self._conn is None:
             try:
                 self._connect()
@@ -77,6 +169,7 @@ class Waiter:
         return self
 
     def close(self) -> None:
+        self._close_fifos()
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -93,6 +186,9 @@ class Waiter:
     # -- waking
     def wake(self) -> None:
         self._event.set()
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"w")
 
     def _drain(self) -> bool:
         """Consume pending notifications without blocking; True if there was one."""
@@ -115,11 +211,25 @@ class Waiter:
             if self._event.is_set():
                 self._event.clear()
                 self._safe_drain()
+                if self._wake_r >= 0:
+                    with contextlib.suppress(OSError):
+                        while os.read(self._wake_r, 4096):
+                            pass
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             slice_ = min(remaining, 0.5)  # re-check wake() twice a second
+            if self._fifos:
+                ready, _, _ = select.select([*self._fifos, self._wake_r], [], [], slice_)
+                if ready:
+                    for fd in ready:
+                        with contextlib.suppress(OSError):
+                            while os.read(fd, 4096):
+                                pass
+                    self._event.clear()
+                    return True
+                continue
             if self._conn is None:
                 self._event.wait(slice_)
                 continue

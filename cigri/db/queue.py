@@ -4,6 +4,7 @@ atomic "take" that turns queued tasks into `jobs` rows (spec §3.2, §7.4)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,10 @@ class QueuedTask:
     runner_options: str | None
 
 
-def queued_tasks(conn: Connection, cluster_id: int, limit: int = QUEUE_SCAN_LIMIT) -> list[QueuedTask]:
-    """The queue of one cluster in serving order.
+def iter_queued_tasks(conn: Connection, cluster_id: int, limit: int = QUEUE_SCAN_LIMIT,
+                      exclude: Collection[int] = ()) -> Generator[QueuedTask, None, None]:
+    """The queue of one cluster in serving order, read lazily (the runner takes one tap's
+    worth from the head: its cost must not grow with the depth of the queue).
 
     CiGri3 served by bag priority first, so resubmitted tasks of a low-priority campaign
     pre-empted a higher-priority campaign (spec §15.2 #41). We serve in the scheduler's order
@@ -44,8 +47,19 @@ def queued_tasks(conn: Connection, cluster_id: int, limit: int = QUEUE_SCAN_LIMI
          .where(jobs_to_launch.c.cluster_id == cluster_id)
          .order_by(jobs_to_launch.c.order_num, bag_of_tasks.c.priority.desc(), jobs_to_launch.c.id)
          .limit(limit))
-    return [QueuedTask(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[6], r[7])
-            for r in conn.execute(q)]
+    if exclude:
+        q = q.where(bag_of_tasks.c.campaign_id.notin_(sorted(exclude)))
+    result = conn.execute(q)
+    try:
+        for r in result:
+            yield QueuedTask(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[6], r[7])
+    finally:
+        result.close()  # also when the caller stops early (generator closed)
+
+
+def queued_tasks(conn: Connection, cluster_id: int, limit: int = QUEUE_SCAN_LIMIT) -> list[QueuedTask]:
+    return list(iter_queued_tasks(conn, cluster_id, limit))
+
 
 
 def has_work(conn: Connection, cluster_id: int) -> bool:

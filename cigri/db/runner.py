@@ -4,6 +4,7 @@ runner read, so a concurrent change (nikita, an admin) is never overwritten."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,8 +36,13 @@ class RunnerJob:
 
 
 def _options(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
+    """The runner options of a job (a copy: callers may change it)."""
+    return dict(_parse_options(text)) if text else {}
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_options(text: str) -> dict[str, Any]:
+    """Every job of a campaign has the same options text: parse it once."""
     try:
         value = json.loads(text)
     except ValueError:

@@ -377,6 +377,11 @@ class Runner:
             else:
                 closed.add(j.campaign_id)
         self._apply(updates, res)
+        ended = sum(1 for u in updates if u.new_state in ("terminated", "event"))
+        if ended and ended == len(jobs):
+            # Nothing left in flight here: a campaign may be over, let the updator see it now.
+            with self.engine.begin() as conn:
+                self._wake(conn, "UPDATOR")
         started = {u.job.id for u in updates if u.new_state not in ("submitted", "remote_waiting")}
         self.pending = {}
         for j in followed:
@@ -537,39 +542,72 @@ class Runner:
 
     def _take(self, conn: Connection, closed: set[int], res: CycleResult) -> list[db.RunnerJob]:
         """get_next (spec §7.4): one campaign, up to its tap rate, then the atomic take."""
-        queue = dbqueue.queued_tasks(conn, self.cid)
-        res.queued = bool(queue)
-        if not queue:
-            return []
         bl = campaign_blacklists(conn, self.cid)
-        taps = dbtaps.get_taps(conn, self.cid, sorted({q.campaign_id for q in queue}))
+        taps: dict[int, dbtaps.Tap] = {}
         nightly_ok = in_nightly_window(self.conf)
         chosen: list[int] = []
         chosen_campaign: int | None = None
-        for q in queue:
-            if q.campaign_state != "in_treatment" or (self.cid, q.campaign_id) in bl:
-                continue
-            opts = db._options(q.runner_options)
-            if (opts.get("nightly") or opts.get("campaign_type") == "nightly") and not nightly_ok:
-                continue
-            if chosen_campaign is not None and q.campaign_id != chosen_campaign:
-                break
-            tap = taps.get(q.campaign_id) or dbtaps.get_or_create_tap(conn, self.cid, q.campaign_id, self.conf)
-            taps[q.campaign_id] = tap
-            if not tap.is_open or q.campaign_id in closed:
-                if dbtaps.in_grace_period(tap, self.conf):
+        seen = 0
+        skip: set[int] = set()  # campaigns that cannot be served now: the query leaves them out
+        scanning = True
+        while scanning:
+            scanning = False
+            queue = dbqueue.iter_queued_tasks(conn, self.cid, exclude=skip)
+            for q in queue:
+                seen += 1
+                if chosen_campaign is not None and q.campaign_id != chosen_campaign:
                     break
-                continue
-            if self.pending.get(q.campaign_id, 0) >= 2 * tap.rate:
-                continue  # two arrays already wait for the cluster's scheduler: let it catch up
-            if len(chosen) >= tap.rate:
+                if chosen_campaign is None:
+                    verdict = self._servable(conn, q, bl, taps, closed, nightly_ok)
+                    if verdict == "hold":
+                        break  # a tap in its grace period holds the queue (spec §7.4)
+                    if verdict == "skip":
+                        skip.add(q.campaign_id)
+                        scanning = True
+                        break
+                if len(chosen) >= taps[q.campaign_id].rate:
+                    break
+                chosen.append(q.queue_id)
+                chosen_campaign = q.campaign_id
+            else:
+                scanning = False
+            if chosen:
                 break
-            chosen.append(q.queue_id)
-            chosen_campaign = q.campaign_id
+        res.queued = seen > 0
+        if not seen:
+            return []
+        # Is the queue running low? Look just far enough past what is taken to know.
+        want = len(chosen) + 2 * max(len(chosen), 1)
+        for _ in queue:
+            seen += 1
+            if seen >= want:
+                break
+        queue.close()
+        seen += len(skip)  # (skipped campaigns have queued tasks: not "empty")
         ids = dbqueue.take_tasks(conn, self.cid, chosen)
-        if len(ids) < len(chosen) / 2 or len(queue) - len(ids) < 2 * max(len(ids), 1):
+        if len(ids) < len(chosen) / 2 or seen - len(ids) < 2 * max(len(ids), 1):
             self._wake(conn, "METASCHEDULER")  # the queue runs low: refill it now
         return db.jobs_by_ids(conn, ids)
+
+    def _servable(self, conn: Connection, q: dbqueue.QueuedTask, bl: Any, taps: dict[int, dbtaps.Tap],
+                  closed: set[int], nightly_ok: bool) -> str:
+        """May this queued task's campaign be submitted now: "ok", "skip" (not now: look at
+        the next campaign) or "hold" (its tap is in its grace period: submit nothing)."""
+        if q.campaign_state != "in_treatment" or (self.cid, q.campaign_id) in bl:
+            return "skip"
+        opts = db._options(q.runner_options)
+        if (opts.get("nightly") or opts.get("campaign_type") == "nightly") and not nightly_ok:
+            return "skip"
+        tap = taps.get(q.campaign_id)
+        if tap is None:
+            tap = (dbtaps.get_taps(conn, self.cid, [q.campaign_id]).get(q.campaign_id)
+                   or dbtaps.get_or_create_tap(conn, self.cid, q.campaign_id, self.conf))
+            taps[q.campaign_id] = tap
+        if not tap.is_open or q.campaign_id in closed:
+            return "hold" if dbtaps.in_grace_period(tap, self.conf) else "skip"
+        if self.pending.get(q.campaign_id, 0) >= 2 * tap.rate:
+            return "skip"  # two arrays already wait for the cluster's scheduler: let it catch up
+        return "ok"
 
     def _common(self, p: dict[str, str], besteffort: bool) -> dict[str, Any]:
         types = [t for t in (p.get("cluster_job_type") or "").split(",") if t.strip()]

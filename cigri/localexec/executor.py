@@ -2,10 +2,12 @@
 cores, normal tasks first, preempting best-effort tasks when a normal task needs a core.
 
 Each task runs under a shepherd: a `/bin/sh` started with posix_spawn in its own
-session, holding the lock of the task's running file, that runs the task in a subshell
-and writes its exit status to a file. Shepherds outlive the executor; a new executor
-adopts them. The executor enforces walltimes, deletions and best-effort preemption by
-writing the reason next to the running file and killing the task's process group.
+session, holding the lock of the slot file of the task's first core, that runs the task
+(as a brace group, so a builtin command costs no fork) and appends its exit status to
+that file. Shepherds outlive the executor; a new executor adopts them from the slot
+files. The executor enforces walltimes, deletions and best-effort preemption by writing
+the reason in the slot file and killing the task's process group; it appends each ended
+task to its array's log before reusing its slot.
 
 Run as `python -m cigri.localexec.executor STATE_DIR --cores N [--daemon]`; the
 adapter starts it on demand. It exits by itself after a while without work."""
@@ -16,9 +18,9 @@ import argparse
 import collections
 import contextlib
 import fcntl
+import functools
 import json
 import os
-import re
 import select
 import shlex
 import shutil
@@ -29,7 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from cigri.localexec.store import Record, Store, append_line, now, read_task_file
+from cigri.localexec.store import Record, Store, append_line, now, parse_task_file, read_task_file, task_record
 
 KILL_GRACE = 2  # seconds between SIGTERM and SIGKILL of a killed task
 IDLE_EXIT = 120.0  # seconds without any work before the executor exits
@@ -42,6 +44,7 @@ class Run:
     pid: int
     child: bool
     besteffort: bool
+    slot: int
     cores: list[int] = field(default_factory=list)
     preempting: bool = False
     start: float = 0.0
@@ -53,11 +56,17 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][executor {os.getpid()}] {msg}", flush=True)
 
 
+@functools.lru_cache(maxsize=4096)
+def _quote(text: str) -> str:
+    return shlex.quote(text)  # the directory and name of thousands of tasks of an array
+
+
 def shepherd_script(store: Store, rec: Record) -> str:
-    """The shepherd: enter the directory, run the task in a subshell (fd 9, the lock, closed;
-    signals back to default), write its exit status. The shepherd itself ignores SIGTERM so
-    that killing the process group leaves it alive to record the status (128+n for signal n)."""
-    q = shlex.quote
+    """The shepherd: enter the directory, run the task with fd 9 (the lock) closed, append
+    its exit status. A kill (SIGTERM to the process group) ends the shepherd with its task,
+    as OAR ends a job script: the executor, its parent, then records the status (128+n for
+    signal n) and SIGKILLs what is left of the group after the grace delay."""
+    q = _quote
     d = rec["launching_directory"]
     out = q(os.path.join(d, rec["stdout_file"]))
     err = q(os.path.join(d, rec["stderr_file"]))
@@ -68,10 +77,31 @@ def shepherd_script(store: Store, rec: Record) -> str:
            f"OAR_RESOURCE_CORES={','.join(str(c) for c in rec.get('cores', []))}")
     if rec.get("walltime"):
         env += f" OAR_JOB_WALLTIME_SECONDS={int(rec['walltime'])}"
-    return ("trap '' TERM INT HUP\n"
+    return ('echo "P $$" >&9\n'
             f"cd -- {q(d)} 2>/dev/null || {{ echo wd >&9; exit 1; }}\n"
-            f"( trap - TERM INT HUP; exec 9>&-; export {env}\n{rec['command']}\n) > {out} 2> {err} < /dev/null\n"
+            f"export {env}\n{{ {rec['command']}\n}} > {out} 2> {err} < /dev/null 9>&-\n"
             "echo $? >&9\n")
+
+
+#: signals the task must not inherit as ignored (the executor ignores SIGHUP, Python SIGPIPE)
+DEFAULT_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status_line(wait_status: int) -> str:
+    """What the shell would have written for a wait status (its own death by signal n: 128+n)."""
+    if os.WIFSIGNALED(wait_status):
+        return str(128 + os.WTERMSIG(wait_status))
+    return str(os.WEXITSTATUS(wait_status)) if os.WIFEXITED(wait_status) else "255"
 
 
 class Executor:
@@ -83,100 +113,159 @@ class Executor:
         self.q_normal: collections.deque[int] = collections.deque()
         self.q_be: collections.deque[int] = collections.deque()
         self.running: dict[int, Run] = {}
+        #: process groups of killed tasks whose shepherd ended: SIGKILL-ed at the deadline
+        self.leftovers: dict[int, tuple[float, list[int]]] = {}
         self.by_pid: dict[int, int] = {}
         self.arrays: dict[str, int] = {}  # array file name -> tasks not yet ended
-        self.task_array: dict[int, str] = {}
+        self.task_array: dict[int, int] = {}  # job id -> first id of its array
+        self.pending_log: dict[int, list[Record]] = {}  # array -> ended tasks not logged yet
+        self.to_archive: set[int] = set()
         self.stop = False
         self.check_ctl = True
         self.base_env = dict(os.environ)
 
     # ------------------------------------------------------------------ ingestion
+    def adopt_slots(self) -> None:
+        """At start: adopt the shepherds that outlived the previous executor, and record
+        the tasks that ended (or lost their shepherd) while none was running."""
+        for slot in sorted(self.store.slot_names()):
+            path = self.store.slot_path(slot)
+            rec, ended = read_task_file(path)
+            if rec is None or not isinstance(rec.get("id"), int):
+                continue
+            first = self._first_of(rec["id"])
+            if first is None:
+                continue
+            if ended:
+                if rec["id"] not in self.store.read_log(first):
+                    self.store.append_log(first, [rec])
+            elif self.store.lock_alive(path):
+                self.adopt(rec, slot)
+            else:
+                self.store.mark_lost(slot)
+
+    def _first_of(self, job_id: int) -> int | None:
+        found = self.store.array_of(job_id)
+        return found[0]["first"] if found else None
+
     def ingest(self) -> None:
         names = [n for n in self.store.active_arrays() if n not in self.arrays and n[:-5].isdigit()]
         for name in sorted(names, key=lambda n: int(n[:-5])):
             spec = self.store.load_array(name)
             if spec is None:
                 continue
+            first = spec["first"]
+            ended = self.store.read_log(first)
             remaining = 0
-            for job_id in range(spec["first"], spec["first"] + spec["count"]):
-                if os.path.exists(self.store.done_path(job_id)):
-                    continue
-                rec = self.store.read_job(job_id)  # moves ended tasks to done/, marks lost ones
-                if rec is None or rec.get("state") in ("Terminated", "Error"):
+            for job_id in range(first, first + spec["count"]):
+                if job_id in ended:
                     continue
                 remaining += 1
-                self.task_array[job_id] = name
-                if rec["state"] == "Running":
-                    self.adopt(rec)
-                else:
+                self.task_array[job_id] = first
+                if job_id not in self.running:
+                    rec = task_record(spec, job_id)
                     self.waiting[job_id] = rec
                     (self.q_be if rec["besteffort"] else self.q_normal).append(job_id)
             self.arrays[name] = remaining
             if remaining == 0:
-                self.archive(name)
+                self.to_archive.add(first)
+        self.flush()
 
-    def adopt(self, rec: Record) -> None:
+    def adopt(self, rec: Record, slot: int) -> None:
         cores = [c for c in rec.get("cores", []) if c in self.free]
         self.free.difference_update(cores)
-        wt = rec.get("walltime")
+        wt = self.store.find_in_arrays(rec["id"]) or {}
+        walltime = wt.get("walltime")
         start = float(rec.get("start_time") or time.time())
-        self.running[rec["id"]] = Run(pid=int(rec.get("shepherd") or 0), child=False,
-                                      besteffort=bool(rec.get("besteffort")), cores=cores, start=start,
-                                      deadline=start + wt if wt else None)
+        self.running[rec["id"]] = Run(pid=int(rec.get("shepherd") or 0), child=False, slot=slot,
+                                      besteffort=bool(wt.get("besteffort")), cores=cores, start=start,
+                                      deadline=start + walltime if walltime else None)
         log(f"job {rec['id']}: adopted running shepherd {rec.get('shepherd')}")
 
-    def archive(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(self.store.arrays / name, self.store.arrays_done / name)
-        self.arrays.pop(name, None)
+    def flush(self) -> None:
+        """Write the ended tasks to their arrays' logs (before their slots are reused), then
+        archive the arrays that are over."""
+        for first, recs in self.pending_log.items():
+            self.store.append_log(first, recs)
+        self.pending_log.clear()
+        for first in sorted(self.to_archive):
+            for ext in (".json", ".log"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.store.arrays / f"{first}{ext}", self.store.arrays_done / f"{first}{ext}")
+            self.arrays.pop(f"{first}.json", None)
+        self.to_archive.clear()
 
-    def ended(self, job_id: int) -> None:
-        name = self.task_array.pop(job_id, None)
-        if name is not None and name in self.arrays:
+    def ended(self, job_id: int, rec: Record) -> None:
+        first = self.task_array.pop(job_id, None)
+        if first is None:
+            first = self._first_of(job_id)
+            if first is not None:
+                self.store.append_log(first, [rec])
+            return
+        self.pending_log.setdefault(first, []).append(rec)
+        name = f"{first}.json"
+        if name in self.arrays:
             self.arrays[name] -= 1
             if self.arrays[name] <= 0:
-                self.archive(name)
+                self.to_archive.add(first)
 
     # ------------------------------------------------------------------ completion
-    def finish(self, job_id: int) -> None:
+    def finish(self, job_id: int, wait_status: int | None = None) -> None:
         run = self.running.pop(job_id, None)
         if run is None:
             return
         self.by_pid.pop(run.pid, None)
-        self.free.update(run.cores)
-        rp = self.store.run_path(job_id)
-        rec, ended = read_task_file(rp)
-        if ended:
-            self.store.move_done(job_id)
+        path = self.store.slot_path(run.slot)
+        rec, ended = read_task_file(path)
+        if rec is not None and rec.get("id") != job_id:
+            rec = None
+        if rec is not None and not ended:
+            if wait_status is not None:
+                # The shell ended without writing a status (the task ran `exit`, or the shell
+                # was killed): its parent, this executor, knows it.
+                append_line(path, status_line(wait_status))
+                rec, ended = read_task_file(path)
+            else:
+                rec = self.store.mark_lost(run.slot, log=False)
+        if rec is None:  # cannot happen unless someone rewrote the slot: the task is lost
+            rec = lost_record(job_id)
+        self.ended(job_id, rec)
+        self._release(run)
+
+    def _release(self, run: Run) -> None:
+        if not run.pid:
+            self.free.update(run.cores)
+        elif run.kill_at is not None and time.time() < run.kill_at and _group_alive(run.pid):
+            # Killed: what is left of the task gets the rest of the grace delay to clean up,
+            # on its cores, before the SIGKILL.
+            self.leftovers[run.pid] = (run.kill_at, run.cores)
         else:
-            self.store.read_job(job_id)  # records a lost task (or finds it already moved)
-        if run.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.pid, signal.SIGKILL)  # leftovers of the task, as OAR's cpuset cleanup
-        self.ended(job_id)
+            self.free.update(run.cores)
 
     def reap(self) -> None:
         while True:
             try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             job_id = self.by_pid.get(pid)
             if job_id is not None:
-                self.finish(job_id)
+                self.finish(job_id, status)
 
     def check_adopted(self) -> None:
         for job_id, run in list(self.running.items()):
-            if not run.child and not self.store.lock_alive(self.store.run_path(job_id)):
+            if not run.child and not self.store.lock_alive(self.store.slot_path(run.slot)):
                 self.finish(job_id)
 
     # ------------------------------------------------------------------ kills
     def kill(self, job_id: int, reason: str) -> None:
         """Record why, then SIGTERM the task's process group (SIGKILL after a grace delay)."""
         run = self.running[job_id]
-        append_line(self.store.run_path(job_id), f"R {reason}")
+        append_line(self.store.slot_path(run.slot), f"R {reason}")
         if run.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.pid, signal.SIGTERM)
@@ -187,6 +276,14 @@ class Executor:
         """Walltimes and kill escalations; returns seconds until the next one."""
         t = time.time()
         nxt = RESCAN
+        for pgid, (kill_at, cores) in list(self.leftovers.items()):
+            if t >= kill_at or not _group_alive(pgid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+                del self.leftovers[pgid]
+                self.free.update(cores)
+            else:
+                nxt = min(nxt, 0.1)  # free the cores as soon as the group is gone
         for job_id, run in list(self.running.items()):
             if run.kill_at is not None:
                 if t >= run.kill_at:
@@ -212,21 +309,22 @@ class Executor:
                 continue
             job_id = int(n[:-4])
             if job_id in self.waiting:
-                rec = self.waiting.pop(job_id)
-                t = now()
-                rec.update(stop_time=t)
-                self.store.write_done(rec, ["R FRAG_JOB_REQUEST", "none"])
-                self.ended(job_id)
+                del self.waiting[job_id]
+                self.ended(job_id, never_started(job_id, "FRAG_JOB_REQUEST"))
             elif job_id in self.running:
                 if self.running[job_id].kill_at is None:
                     self.kill(job_id, "FRAG_JOB_REQUEST")
-            elif job_id not in self.task_array and not os.path.exists(self.store.done_path(job_id)):
+            elif job_id not in self.task_array and not self._has_ended(job_id):
                 # Not ingested yet: keep the request for a later pass (unless stale).
                 with contextlib.suppress(FileNotFoundError):
                     if time.time() - (self.store.ctl / n).stat().st_mtime < 60:
                         continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.store.ctl / n)
+
+    def _has_ended(self, job_id: int) -> bool:
+        first = self._first_of(job_id)
+        return first is not None and job_id in self.store.read_log(first)
 
     # ------------------------------------------------------------------ scheduling
     def _head(self, q: collections.deque[int]) -> int | None:
@@ -235,6 +333,7 @@ class Executor:
         return q[0] if q else None
 
     def schedule(self) -> None:
+        self.flush()  # ended tasks are in their logs before their slots are reused
         while True:
             job_id = self._head(self.q_normal)
             if job_id is None:
@@ -245,7 +344,8 @@ class Executor:
                 self.start(job_id, need)
                 continue
             # Preempt best-effort tasks (latest started first) to free the missing cores.
-            coming = sum(len(r.cores) for r in self.running.values() if r.preempting)
+            coming = (sum(len(r.cores) for r in self.running.values() if r.preempting)
+                      + sum(len(cores) for _, cores in self.leftovers.values()))
             missing = need - len(self.free) - coming
             for jid, run in sorted(self.running.items(), key=lambda kv: -kv[1].start):
                 if missing <= 0:
@@ -269,39 +369,50 @@ class Executor:
     def start(self, job_id: int, need: int) -> None:
         rec = self.waiting.pop(job_id)
         cores = sorted(self.free)[:need]
-        self.free.difference_update(cores)
+        slot = cores[0]
         t = time.time()
         rec.update(state="Running", start_time=int(t), cores=cores)
-        tmp = f"{self.store.running}/.{job_id}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        fd = os.open(self.store.slot_path(slot), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, (json.dumps(rec) + "\n").encode())  # before the shepherd may append its status
             try:
-                pid = os.posix_spawn("/bin/sh", ["sh", "-c", shepherd_script(self.store, rec)], self.base_env,
-                                     file_actions=[(os.POSIX_SPAWN_DUP2, fd, 9)], setsid=True)
-            except OSError as e:
-                log(f"job {job_id}: cannot start its shepherd: {e}")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live shepherd there: not ours
+            except OSError:
+                log(f"slot {slot} is held by a shepherd this executor does not know: core {slot} left unused")
+                self.free.discard(slot)
                 self.waiting[job_id] = rec
                 rec.update(state="Waiting", start_time=None, cores=[])
-                self.free.update(cores)
-                self.q_normal.appendleft(job_id) if not rec["besteffort"] else self.q_be.appendleft(job_id)
-                os.unlink(tmp)
+                (self.q_be if rec["besteffort"] else self.q_normal).appendleft(job_id)
+                return
+            # Rewrite the slot without emptying it (freeing its block costs more than the rest):
+            # a reader sees the old record, a lone "{" or a partial line, never a mix.
+            os.ftruncate(fd, 1)
+            os.pwrite(fd, (f'{{"id":{job_id},"state":"Running","start_time":{int(t)},'
+                           f'"cores":[{",".join(map(str, cores))}]}}\n').encode(), 0)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)  # the shepherd appends
+            try:
+                pid = os.posix_spawn("/bin/sh", ["sh", "-c", shepherd_script(self.store, rec)], self.base_env,
+                                     file_actions=[(os.POSIX_SPAWN_DUP2, fd, 9)], setsid=True,
+                                     setsigdef=DEFAULT_SIGNALS)
+            except OSError as e:
+                log(f"job {job_id}: cannot start its shepherd: {e}")
+                os.ftruncate(fd, 0)  # no task in this slot
+                self.waiting[job_id] = rec
+                rec.update(state="Waiting", start_time=None, cores=[])
+                (self.q_be if rec["besteffort"] else self.q_normal).appendleft(job_id)
                 raise
-            os.write(fd, f"P {pid}\n".encode())
-            os.replace(tmp, self.store.run_path(job_id))
         finally:
             os.close(fd)
+        self.free.difference_update(cores)
         wt = rec.get("walltime")
-        self.running[job_id] = Run(pid=pid, child=True, besteffort=rec["besteffort"], cores=cores, start=t,
-                                   deadline=t + wt if wt else None)
+        self.running[job_id] = Run(pid=pid, child=True, besteffort=rec["besteffort"], slot=slot, cores=cores,
+                                   start=t, deadline=t + wt if wt else None)
         self.by_pid[pid] = job_id
 
     # ------------------------------------------------------------------ main loop
     def purge(self) -> None:
         """Forget tasks ended long ago (CiGri has read them): keeps the state directory small."""
         limit = time.time() - KEEP_DONE
-        for d in (self.store.done, self.store.arrays_done):
+        for d in (self.store.arrays_done,):
             for entry in os.scandir(d):
                 with contextlib.suppress(OSError):
                     if entry.stat().st_mtime < limit:
@@ -313,6 +424,7 @@ class Executor:
     def run(self, fifo_fd: int, wake_r: int) -> None:
         with contextlib.suppress(OSError):
             self.purge()
+        self.adopt_slots()
         self.ingest()
         last_scan = time.monotonic()
         last_work = time.monotonic()
@@ -369,17 +481,17 @@ class Executor:
         return fifo_fd, last_scan, last_work
 
 
-def recover_tmp(store: Store) -> None:
-    """A previous executor died between starting a shepherd and naming its task file."""
-    for stale in store.running.glob(".*.tmp"):
-        m = re.fullmatch(r"\.(\d+)\.tmp", stale.name)
-        keep = m is not None and (store.lock_alive(str(stale)) or read_task_file(str(stale))[1])
-        with contextlib.suppress(FileNotFoundError):
-            if keep and m is not None:
-                os.replace(stale, store.run_path(int(m.group(1))))
-                log(f"job {m.group(1)}: recovered its task file")
-            else:
-                stale.unlink()
+def never_started(job_id: int, reason: str) -> Record:
+    """The record of a task that ended without running (deleted while waiting)."""
+    rec = parse_task_file(json.dumps({"id": job_id}) + f"\nR {reason}\nnone\n", now())
+    assert rec is not None
+    return rec
+
+
+def lost_record(job_id: int) -> Record:
+    rec = parse_task_file(json.dumps({"id": job_id}) + "\nlost\n", now())
+    assert rec is not None
+    return rec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,7 +542,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    recover_tmp(store)
     fifo_fd = os.open(store.fifo, os.O_RDWR | os.O_NONBLOCK)
     log(f"started on {store.root} with {cores} cores")
     if ready_w is not None:

@@ -3,21 +3,24 @@ executor (server side). Everything is a file so that nothing is lost when a proc
 
     <state>/next_id (+ next_id.lock)   id allocator (flock)
     <state>/arrays/<first>.json         one submission (array): its task definitions
-    <state>/arrays/done/<first>.json    the same once every task of it has ended
-    <state>/running/<id>                a started task, flock-ed by its shepherd while it lives
-    <state>/done/<id//1000>/<id>        the same file, moved there once the task has ended
+    <state>/arrays/<first>.log          its ended tasks, one JSON line each (append-only)
+    <state>/arrays/done/<first>.*       the same two files once every task of it has ended
+    <state>/slots/<core>                the task running on that core (its first core),
+                                        flock-ed by its shepherd while it lives
     <state>/ctl/<id>.del                deletion requests for the executor
     <state>/wake.fifo                   wakes the executor (no reader = executor not running)
     <state>/executor.lock|pid|log       singleton lock, pid, log of the executor
 
-A task file is append-only: line 1 is the JSON record written at start, then maybe
-`R <REASON>` (why the executor killed it), then the exit status the shepherd appends
-(`$?`, `wd` = working directory error, `lost`, `none` = never started). One file
-creation per task, and a rename when it ends: the local filesystem is the bottleneck.
+A slot file is rewritten for each task it runs, then append-only: line 1 is the JSON
+record written at start, then `P <pid>` (the shepherd), maybe `R <REASON>` (why the
+executor killed it), then the exit status (`$?`, `wd` = working directory error, `lost`).
+The executor appends the ended task to its array's log before it reuses the slot, so a
+started task is always in its slot, its array's log, or both (readers read slots first).
+No file is created or renamed per task: per-task file creation was the bottleneck.
 
-A task is Waiting (only in an array), Running (task file locked, no status), or ended.
-A running task whose lock is free and without a status line has lost its shepherd: it is
-reported as Error with an EXTERMINATE event (CiGri resubmits it)."""
+A task is Waiting (only in its array), Running (in a locked slot, no status), or ended.
+A running task whose slot lock is free and without a status line has lost its shepherd:
+it is reported as Error with an EXTERMINATE event (CiGri resubmits it)."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +166,8 @@ def parse_task_file(text: str, stop_time: int | None = None) -> Record | None:
 
 
 def read_task_file(path: str) -> tuple[Record | None, bool]:
-    """(job, ended) from a task file; (None, False) if there is no such file."""
+    """(record, ended) from a slot file; (None, False) if it is missing or being rewritten.
+    The record holds what changes while a task runs (merge it into `task_record`)."""
     try:
         with open(path) as f:
             text = f.read()
@@ -186,6 +190,25 @@ def append_line(path: str, line: str) -> bool:
     return True
 
 
+#: the fields of a task that change after submission (slot records and log lines)
+LIVE_FIELDS = ("state", "start_time", "stop_time", "exit_code", "events", "cores", "shepherd")
+
+
+def log_entry(rec: Record) -> bytes:
+    return (json.dumps({k: rec.get(k) for k in ("id", *LIVE_FIELDS)}, separators=(",", ":")) + "\n").encode()
+
+
+class _ArrayLog:
+    """The parsed part of one array's log (lines are immutable: read only what was added)."""
+
+    __slots__ = ("offset", "ended", "used")
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.ended: dict[int, Record] = {}
+        self.used = 0.0
+
+
 class Store:
     """Paths and file operations of one state directory."""
 
@@ -193,32 +216,30 @@ class Store:
         self.root = Path(root)
         self.arrays = self.root / "arrays"
         self.arrays_done = self.arrays / "done"
-        self.running = self.root / "running"
-        self.done = self.root / "done"
+        self.slots = self.root / "slots"
         self.ctl = self.root / "ctl"
         self.fifo = self.root / "wake.fifo"
         self.lock_file = self.root / "executor.lock"
         self.pid_file = self.root / "executor.pid"
         self.log_file = self.root / "executor.log"
-        self._run = str(self.running) + "/"
-        self._done = str(self.done) + "/"
-        self._shards: set[int] = set()
+        self._slots = str(self.slots) + "/"
         self._array_cache: dict[str, Record] = {}
         self._firsts_cache: dict[int, tuple[float, list[int]]] = {}
+        self._logs: dict[int, _ArrayLog] = {}
 
     def setup(self) -> None:
-        for d in (self.root, self.arrays, self.arrays_done, self.running, self.done, self.ctl):
+        for d in (self.root, self.arrays, self.arrays_done, self.slots, self.ctl):
             d.mkdir(parents=True, exist_ok=True)
         if not self.fifo.exists():
             with contextlib.suppress(FileExistsError):
                 os.mkfifo(self.fifo, 0o600)
 
     # ------------------------------------------------------------------ paths
-    def done_path(self, job_id: int) -> str:
-        return f"{self._done}{job_id // 1000}/{job_id}"
+    def slot_path(self, slot: int) -> str:
+        return f"{self._slots}{slot}"
 
-    def run_path(self, job_id: int) -> str:
-        return f"{self._run}{job_id}"
+    def log_path(self, first: int, archived: bool = False) -> str:
+        return f"{self.arrays_done if archived else self.arrays}/{first}.log"
 
     # ------------------------------------------------------------------ ids and arrays
     def alloc_ids(self, n: int) -> int:
@@ -270,8 +291,8 @@ class Store:
         self._firsts_cache[key] = (t, firsts)
         return firsts
 
-    def find_in_arrays(self, job_id: int) -> Record | None:
-        """The waiting record of a job from the array that defines it."""
+    def array_of(self, job_id: int) -> tuple[Record, bool] | None:
+        """(spec, archived) of the array that defines a job."""
         for archived in (False, True):
             for fresh in (False, True):
                 firsts = self._firsts(archived, fresh)
@@ -279,12 +300,53 @@ class Store:
                 if i >= 0:
                     spec = self.load_array(f"{firsts[i]}.json", archived)
                     if spec and job_id < spec["first"] + spec["count"]:
-                        return task_record(spec, job_id)
+                        return spec, archived
         return None
+
+    def find_in_arrays(self, job_id: int) -> Record | None:
+        """The waiting record of a job from the array that defines it."""
+        found = self.array_of(job_id)
+        return task_record(found[0], job_id) if found else None
+
+    # ------------------------------------------------------------------ array logs
+    def read_log(self, first: int) -> dict[int, Record]:
+        """The ended tasks of an array (incremental: only new lines are parsed)."""
+        log = self._logs.get(first)
+        if log is None:
+            if len(self._logs) >= 64:  # the runner follows a few arrays at a time
+                oldest = min(self._logs, key=lambda k: self._logs[k].used)
+                del self._logs[oldest]
+            log = self._logs[first] = _ArrayLog()
+        log.used = time.monotonic()
+        for archived in (False, True):
+            try:
+                with open(self.log_path(first, archived), "rb") as f:
+                    f.seek(log.offset)
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            end = data.rfind(b"\n") + 1  # a line being written is read next time
+            for line in data[:end].splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    e = json.loads(line)
+                    log.ended.setdefault(int(e["id"]), e)
+            log.offset += end
+            break
+        return log.ended
+
+    def append_log(self, first: int, recs: Sequence[Record]) -> None:
+        """Record ended tasks in their array's log (one write: lines are never torn)."""
+        if not recs:
+            return
+        fd = os.open(self.log_path(first), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"".join(log_entry(r) for r in recs))
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------ job reading
     def lock_alive(self, path: str) -> bool | None:
-        """True: the shepherd holding this task file lives; False: lock free; None: no file."""
+        """True: the shepherd holding this slot lives; False: lock free; None: no file."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -299,76 +361,89 @@ class Store:
             os.close(fd)
         return False
 
-    def read_job(self, job_id: int) -> Record | None:
-        """Current record of a job (None: unknown). An ended task is moved to done/ by
-        whoever sees it first; a task whose shepherd died is marked lost."""
-        for _ in range(4):
-            rec, _ended = read_task_file(self.done_path(job_id))
-            if rec is not None:
-                return rec
-            rp = self.run_path(job_id)
-            rec, ended = read_task_file(rp)
-            if rec is not None:
-                if ended:
-                    self.move_done(job_id)
-                    return rec
-                alive = self.lock_alive(rp)
-                if alive:
-                    return rec
-                if alive is False:
-                    self.mark_lost(job_id)
-                continue
-            rec = self.find_in_arrays(job_id)
-            if rec is not None and not os.path.exists(rp) and not os.path.exists(self.done_path(job_id)):
-                return rec
-            if rec is None and not os.path.exists(rp):
-                break
-        return read_task_file(self.done_path(job_id))[0]
-
-    def move_done(self, job_id: int) -> None:
-        """An ended task file goes to done/ (a rename: cheap and atomic)."""
-        dst = self.done_path(job_id)
+    def slot_names(self) -> list[int]:
         try:
-            os.rename(self.run_path(job_id), dst)
+            return [int(n) for n in os.listdir(self.slots) if n.isdigit()]
         except FileNotFoundError:
-            shard = os.path.dirname(dst)
-            if os.path.isdir(shard):
-                return  # someone else moved it
-            os.makedirs(shard, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(self.run_path(job_id), dst)
+            return []
 
-    def mark_lost(self, job_id: int) -> None:
-        """The task file is unlocked and has no status: its shepherd died."""
-        rp = self.run_path(job_id)
-        rec, ended = read_task_file(rp)
-        if rec is not None and not ended and self.lock_alive(rp) is False:
-            append_line(rp, "lost")
-            if rec.get("shepherd"):  # what is left of the task (its process group)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(rec["shepherd"]), 9)
-        self.move_done(job_id)
+    def read_slots(self) -> dict[int, tuple[int, Record, bool]]:
+        """job id -> (slot, record, ended) of every task in a slot."""
+        out: dict[int, tuple[int, Record, bool]] = {}
+        for slot in self.slot_names():
+            rec, ended = read_task_file(self.slot_path(slot))
+            if rec is not None and isinstance(rec.get("id"), int):
+                out[rec["id"]] = (slot, rec, ended)
+        return out
 
-    def write_done(self, rec: Record, lines: Sequence[str] = ()) -> None:
-        """A task that ends without having run (deleted while waiting)."""
-        dst = self.done_path(rec["id"])
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = f"{self._run}.{rec['id']}.done.tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(rec) + "\n" + "".join(f"{line}\n" for line in lines))
-        os.replace(tmp, dst)
+    def read_jobs(self, job_ids: Sequence[int], known_waiting: Container[int] = ()) -> dict[int, Record | None]:
+        """Current records of jobs (unknown ones are left out; None for the jobs of
+        `known_waiting` that still wait: the caller has their record). Slots are read
+        before the logs: a task leaves its slot only once it is in its log. A running task
+        whose shepherd died while no executor runs is marked lost here (else the executor
+        does)."""
+        slots = self.read_slots()
+        out: dict[int, Record | None] = {}
+        logs: dict[int, dict[int, Record]] = {}
+        executor: bool | None = None
+        spec: Record | None = None
+        for job_id in job_ids:
+            if spec is None or not spec["first"] <= job_id < spec["first"] + spec["count"]:
+                found = self.array_of(job_id)  # (polled ids come sorted: mostly the same array)
+                if found is None:
+                    spec = None
+                    continue
+                spec = found[0]
+            first = spec["first"]
+            ended = logs.get(first)
+            if ended is None:
+                ended = logs[first] = self.read_log(first)
+            if job_id not in ended and job_id not in slots and job_id in known_waiting:
+                out[job_id] = None
+                continue
+            rec = task_record(spec, job_id)
+            if job_id in ended:
+                rec.update(ended[job_id])
+            elif job_id in slots:
+                slot, live, done = slots[job_id]
+                rec.update(live)
+                if not done and self.lock_alive(self.slot_path(slot)) is False:
+                    if executor is None:
+                        executor = self.executor_running()
+                    if not executor:
+                        rec.update(self.mark_lost(slot) or {})
+            out[job_id] = rec
+        return out
+
+    def read_job(self, job_id: int) -> Record | None:
+        return self.read_jobs([job_id]).get(job_id)
+
+    def mark_lost(self, slot: int, log: bool = True) -> Record | None:
+        """The slot is unlocked and has no status: its shepherd died. Record it as lost
+        (in the slot and, unless the executor does it, in its array's log) and kill what
+        is left of the task."""
+        path = self.slot_path(slot)
+        rec, ended = read_task_file(path)
+        if rec is None or ended or self.lock_alive(path) is not False:
+            return rec
+        append_line(path, "lost")
+        if rec.get("shepherd"):  # what is left of the task (its process group)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(rec["shepherd"]), 9)
+        rec, _ = read_task_file(path)
+        found = self.array_of(rec["id"]) if rec and log else None
+        if rec is not None and found is not None:
+            self.append_log(found[0]["first"], [rec])
+        return rec
 
     def running_records(self) -> list[Record]:
         out = []
-        try:
-            names = os.listdir(self.running)
-        except FileNotFoundError:
-            return out
-        for n in names:
-            if n.isdigit():
-                rec = self.read_job(int(n))
-                if rec is not None and rec.get("state") == "Running":
-                    out.append(rec)
+        for job_id, (_slot, live, ended) in self.read_slots().items():
+            if not ended:
+                found = self.array_of(job_id)
+                rec = task_record(found[0], job_id) if found else {"id": job_id}
+                rec.update(live)
+                out.append(rec)
         return out
 
     # ------------------------------------------------------------------ executor control
@@ -444,17 +519,20 @@ def task_record(spec: Record, job_id: int) -> Record:
     """The Waiting record of one task of an array."""
     i = job_id - spec["first"]
     params = spec.get("params")
-    command = spec["command"] if params is None else f"{spec['command']} {params[i]}"
-    name = spec.get("name")
-    return {
-        "id": job_id, "array_id": spec["first"], "array_index": i + 1, "name": name, "command": command,
-        "launching_directory": spec["directory"],
-        "stdout_file": output_name(spec.get("stdout"), "stdout", name, job_id),
-        "stderr_file": output_name(spec.get("stderr"), "stderr", name, job_id),
-        "owner": spec.get("owner"), "types": spec.get("types", []),
-        "queue": "besteffort" if spec.get("besteffort") else "default",
-        "besteffort": bool(spec.get("besteffort")), "ncores": spec.get("ncores", 1),
-        "walltime": spec.get("walltime"), "submission_time": spec["submission_time"],
-        "state": "Waiting", "exit_code": None, "start_time": None, "stop_time": None, "events": [],
-        "cores": [],
-    }
+    base = spec.get("_base")
+    if base is None:  # what all the tasks of the array share (arrays are cached, never changed)
+        name = spec.get("name")
+        base = spec["_base"] = {
+            "array_id": spec["first"], "name": name, "launching_directory": spec["directory"],
+            "owner": spec.get("owner"), "queue": "besteffort" if spec.get("besteffort") else "default",
+            "besteffort": bool(spec.get("besteffort")), "ncores": spec.get("ncores", 1),
+            "walltime": spec.get("walltime"), "submission_time": spec["submission_time"],
+            "state": "Waiting", "exit_code": None, "start_time": None, "stop_time": None,
+        }
+    rec = dict(base)
+    rec.update(id=job_id, array_index=i + 1,
+               command=spec["command"] if params is None else f"{spec['command']} {params[i]}",
+               stdout_file=output_name(spec.get("stdout"), "stdout", base["name"], job_id),
+               stderr_file=output_name(spec.get("stderr"), "stderr", base["name"], job_id),
+               types=list(spec.get("types", [])), events=[], cores=[])
+    return rec

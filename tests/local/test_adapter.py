@@ -67,6 +67,37 @@ def test_walltime_kills(make_adapter, workdir: Path):
     assert job.state == "Error" and "WALLTIME" in job.event_types
 
 
+def test_command_list_exit_and_default_signals(make_adapter, workdir: Path):
+    """A task that runs `exit` still reports its code; SIGPIPE and SIGHUP are not inherited
+    as ignored from the executor (`yes | head` ends)."""
+    a = make_adapter()
+    ids = a.submit(JobRequest(command="echo a; exit", params=["5", "0"], directory=str(workdir)), "alice")
+    pipe = a.submit(JobRequest(command="yes | head -n 2; grep -E '^Sig(Ign|Blk)' /proc/self/status",
+                               directory=str(workdir)), "alice")
+    jobs = wait_ended(a, ids + pipe)
+    assert [(jobs[i].state, jobs[i].exit_code) for i in ids] == [("Terminated", 5 << 8), ("Terminated", 0)]
+    p = jobs[pipe[0]]
+    assert p.exit_code == 0
+    out = (workdir / p.stdout_file).read_text().splitlines()
+    assert out[:2] == ["y", "y"]
+    ignored = int(out[2].split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGHUP - 1))
+
+
+def test_killed_task_gets_grace_to_clean_up(make_adapter, workdir: Path):
+    """Deletion sends SIGTERM to the whole task, which stops (no command after the killed one
+    runs) but may clean up during the grace delay, as on OAR."""
+    a = make_adapter()
+    [jid] = a.submit(JobRequest(command="trap 'sleep 0.5; touch cleaned; exit 1' TERM; sleep 300 & wait; touch next",
+                                directory=str(workdir)), "alice")
+    wait_state(a, jid, "Running")
+    a.delete_job(jid, "alice")
+    job = wait_ended(a, [jid])[jid]
+    assert job.state == "Error" and job.event_types == ["FRAG_JOB_REQUEST"]
+    wait_for(lambda: (workdir / "cleaned").exists(), what="cleanup during the grace delay")
+    assert not (workdir / "next").exists()
+
+
 def test_walltime_in_resources(make_adapter, workdir: Path):
     a = make_adapter()
     [jid] = a.submit(JobRequest(command="sleep 300", resources="/core=1,walltime=0:0:1", directory=str(workdir)),
@@ -131,7 +162,10 @@ def test_thousand_tasks_one_call(make_adapter, workdir: Path):
     jobs = wait_ended(a, ids, timeout=300)
     assert all(j.state == "Terminated" and j.exit_code == 0 for j in jobs.values())
     assert jobs[ids[999]].command == "true p999"
-    wait_for(lambda: not os.listdir(a.store.running), what="running directory empty")
+    wait_for(lambda: not a.store.running_records(), what="no task running")
+    files = [f for _, _, fs in os.walk(a.store.root) for f in fs]
+    assert len(files) < 20, f"no state file per task: {len(files)} files"  # slots, array and its log
+    wait_for(lambda: not a.store.active_arrays(), what="array archived")
 
 
 def _alive(pid: int) -> bool:
