@@ -18,6 +18,7 @@ from cigri.db import parameters as dbp
 from cigri.db.clusters import cluster_ids_by_name
 from cigri.db.engine import is_sqlite
 from cigri.db.events import close_events, create_event
+from cigri.db.notify import METASCHEDULER, notify
 from cigri.db.schema import events
 from cigri.errors import CigriError, NotFound, ParseError, StateError, Unauthorized
 from cigri.states import ACTIVE_JOB_STATES, check_campaign_transition
@@ -150,6 +151,7 @@ def submit_campaign(engine: Engine, jdl: Any, user: str, conf: Conf | None = Non
             except dbp.DuplicateName as d:
                 raise _duplicate_error(expanded, user, d.name, source_label) from None
             dbc.update_campaign(main, cid, nb_jobs=n, jdl=jdlmod.stored_jdl(expanded, n))
+            notify(main, METASCHEDULER)  # schedule it now, not at the next cycle
         except BaseException:
             if btx is not None:
                 btx.rollback()
@@ -201,6 +203,7 @@ def add_tasks(engine: Engine, campaign_id: int, lines: Iterable[str], user: str,
             check_campaign_transition("terminated", "in_treatment")
             values["state"] = "in_treatment"
         dbc.update_campaign(conn, int(campaign_id), **values)
+        notify(conn, METASCHEDULER)
     return n
 
 
@@ -257,6 +260,8 @@ def _state_change(conn: Connection, row: dict[str, Any], new: str, user: str) ->
         raise StateError(f"Can't change a {old} campaign to {new}")
     check_campaign_transition(old, new)
     dbc.update_campaign(conn, int(row["id"]), state=new)
+    if new == "in_treatment":
+        notify(conn, METASCHEDULER)
     code = "PAUSED" if new == "paused" else "RESUMED"
     create_event(conn, "campaign", code, state="closed", campaign_id=int(row["id"]),
                  message=f"Campaign {row['id']} {'paused' if new == 'paused' else 'resumed'} by {user}")

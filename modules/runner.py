@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             from cigri.db.notify import Waiter, runner_channel
 
             waiter = Waiter(engine, [runner_channel(info.id)]).start()
+            fd = runner.adapter.wakeup_fd() if runner.adapter is not None else None
+            if fd is not None:
+                waiter.add_fd(fd)
         except Exception as e:  # noqa: BLE001
             log.info("No wake-up channel (%s): polling", e)
         log.info("Runner of cluster %s (id %s) started", info.name, info.id)

@@ -340,6 +340,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Ctrl-C stops this command (and the daemons, cleanly) even when started with SIGINT
     # ignored (`cigri local run … &` in a script): the daemons handle SIGINT themselves.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    from cigri.db.notify import CAMPAIGNS, Waiter
+
+    waiter = Waiter(engine, [CAMPAIGNS]).start()  # the end of the campaign is shown at once
     display = Display(quiet=args.quiet)
     p: dict[str, Any] | None = None
     code = EXIT_OK
@@ -408,13 +411,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                       f"(it goes on at the next `cigri local run`).")
                 code = EXIT_BLOCKED
                 break
-            time.sleep(0.25)
+            waiter.wait(0.25)
     except KeyboardInterrupt:
         display.end(cid, p)
         print("Interrupted: stopping CiGri. Running tasks go on; "
               f"`cigri local run {args.jdl}` resumes the campaign.", flush=True)
         code = EXIT_INTERRUPTED
     finally:
+        waiter.close()
         if daemons is not None:
             with contextlib.suppress(KeyboardInterrupt):
                 daemons.stop()

@@ -241,3 +241,8 @@ class ClusterAdapter(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def wakeup_fd(self) -> int | None:
+        """A file descriptor that becomes readable when the cluster has news for the runner
+        (its jobs ended, it needs work), or None: the runner then polls."""
+        return None

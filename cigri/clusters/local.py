@@ -210,6 +210,14 @@ class LocalAdapter(ClusterAdapter):
     def get_stress_factor(self) -> float:
         return 0.0
 
+    def wakeup_fd(self) -> int | None:
+        """The executor writes to the progress FIFO when it runs out of work or runs low."""
+        try:
+            self._setup()
+            return self.store.open_progress()
+        except (OSError, ClusterAPIError):
+            return None
+
 
 def _tail_bytes(f: Any, lines: int) -> bytes:
     """Last `lines` lines of a file, reading backwards (stderr files can be large)."""

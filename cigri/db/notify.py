@@ -29,6 +29,7 @@ JUDAS = "cigri_judas"
 COLOMBO = "cigri_colombo"
 UPDATOR = "cigri_updator"
 NIKITA = "cigri_nikita"
+CAMPAIGNS = "cigri_campaigns"  # a campaign ended
 
 
 def runner_channel(cluster_id: int) -> str:
@@ -115,6 +116,7 @@ class Waiter:
         self._conn = None  # psycopg.Connection
         self._pg = engine.dialect.name == "postgresql"
         self._fifos: list[int] = []
+        self._extra: list[int] = []
         self._wake_r = self._wake_w = -1
 
     # -- connection
@@ -149,6 +151,11 @@ class Waiter:
         except OSError as e:
             log.warning("No wake-up FIFOs in %s (%s): polling instead", directory, e)
             self._close_fifos()
+
+    def add_fd(self, fd: int) -> None:
+        """Also return from wait() when `fd` becomes readable (its data is consumed); the
+        caller keeps ownership of `fd`."""
+        self._extra.append(fd)
 
     def _close_fifos(self) -> None:
         for fd in [*self._fifos, self._wake_r, self._wake_w]:
@@ -220,8 +227,9 @@ class Waiter:
             if remaining <= 0:
                 return False
             slice_ = min(remaining, 0.5)  # re-check wake() twice a second
-            if self._fifos:
-                ready, _, _ = select.select([*self._fifos, self._wake_r], [], [], slice_)
+            if self._fifos or (self._extra and self._conn is None):
+                fds = [*self._fifos, *self._extra] + ([self._wake_r] if self._wake_r >= 0 else [])
+                ready, _, _ = select.select(fds, [], [], slice_)
                 if ready:
                     for fd in ready:
                         with contextlib.suppress(OSError):
@@ -234,8 +242,13 @@ class Waiter:
                 self._event.wait(slice_)
                 continue
             try:
-                r, _, _ = select.select([self._conn.fileno()], [], [], slice_)
-                if r and self._drain():
+                r, _, _ = select.select([self._conn.fileno(), *self._extra], [], [], slice_)
+                extra = [fd for fd in r if fd in self._extra]
+                for fd in extra:
+                    with contextlib.suppress(OSError):
+                        while os.read(fd, 4096):
+                            pass
+                if extra or (r and self._drain()):
                     return True
             except Exception as e:  # noqa: BLE001 - connection lost: reconnect next call
                 log.warning("LISTEN connection lost (%s)", e)

@@ -51,6 +51,7 @@ log = logging.getLogger("cigri.almighty")
 
 HEARTBEAT_ENV = "CIGRI_HEARTBEAT_FD"
 PERIODIC = ("metascheduler", "updator", "nikita")
+STAGGER = 1.0  # seconds between the start of the feeding children and the others
 
 # ---------------------------------------------------------------- logging (spec §1.6)
 
@@ -274,10 +275,13 @@ class Almighty:
             for fd in pass_fds:
                 os.close(fd)
 
-    def _add(self, key: str, kind: str, label: str, argv: list[str]) -> Child:
+    def _add(self, key: str, kind: str, label: str, argv: list[str], delay: float = 0.0) -> Child:
         ch = Child(key, kind, argv, label)
         self.children[key] = ch
-        self._spawn(ch)
+        if delay > 0:
+            ch.restart_at = time.monotonic() + delay  # started by _restart_due
+        else:
+            self._spawn(ch)
         return ch
 
     def _event(self, code: str, message: str, cluster_id: int | None = None) -> None:
@@ -439,13 +443,17 @@ class Almighty:
                                      stop=lambda: self.stopping):
                 return 0
             self.check_database()
-            self._add("judas", "judas", "judas", self._argv("judas"))
-            self._add("colombo", "colombo", "colombo", self._argv("colombo"))
+            # What feeds the clusters starts first; the others a moment later, so that their
+            # start-up (imports) does not compete with it for the CPU.
+            self._add("metascheduler", "periodic", "metascheduler", self._argv("metascheduler"))
             self.sync_runners()
             if not any(ch.kind == "runner" for ch in self.children.values()):
                 log.warning("No enabled cluster yet: runners will start when clusters are enabled")
+            self._add("judas", "judas", "judas", self._argv("judas"), delay=STAGGER)
+            self._add("colombo", "colombo", "colombo", self._argv("colombo"), delay=STAGGER)
             for m in PERIODIC:
-                self._add(m, "periodic", m, self._argv(m))
+                if m != "metascheduler":
+                    self._add(m, "periodic", m, self._argv(m), delay=STAGGER)
             self._event("ALMIGHTY_STARTING", "Cigri is starting.")
             while not self.stopping:
                 self._reap()
@@ -483,6 +491,9 @@ class Almighty:
             eid = None
         self._wake_judas()
         judas = self.children.get("judas")
+        for ch in self.children.values():  # the others stop while judas sends the notification
+            if ch is not judas:
+                self._signal(ch, signal.SIGTERM)
         deadline = time.monotonic() + 3.0
         while eid is not None and judas is not None and judas.proc is not None and judas.proc.poll() is None \
                 and time.monotonic() < deadline:
@@ -492,9 +503,9 @@ class Almighty:
                         break
             except Exception:  # noqa: BLE001
                 break
-            time.sleep(0.1)
-        for ch in self.children.values():
-            self._signal(ch, signal.SIGTERM)
+            time.sleep(0.05)
+        if judas is not None:
+            self._signal(judas, signal.SIGTERM)
         end = time.monotonic() + grace
         for ch in self.children.values():
             if ch.proc is None:

@@ -26,7 +26,7 @@ from cigri.db import scheduling as sdb
 from cigri.db import usage as usagedb
 from cigri.db.clusters import list_clusters, user_mapping
 from cigri.db.engine import transaction
-from cigri.db.notify import COLOMBO, JUDAS, METASCHEDULER, notify
+from cigri.db.notify import CAMPAIGNS, COLOMBO, JUDAS, METASCHEDULER, notify
 from cigri.db.schema import events, now
 
 log = logging.getLogger("cigri.updator")
@@ -72,6 +72,7 @@ def update_finished(engine: Engine) -> list[int]:
                 eventsdb.create_event(conn, "notify", "FINISHED_CAMPAIGN", state="closed", campaign_id=cid,
                                       message=f"Campaign {cid} is finished")
                 notify(conn, JUDAS)
+                notify(conn, CAMPAIGNS)  # whoever follows campaigns (`cigri local run`)
                 done.append(cid)
                 log.info("Campaign %d is finished", cid)
     return done

@@ -120,6 +120,9 @@ class Executor:
         self.task_array: dict[int, int] = {}  # job id -> first id of its array
         self.pending_log: dict[int, list[Record]] = {}  # array -> ended tasks not logged yet
         self.to_archive: set[int] = set()
+        self.started: collections.deque[float] = collections.deque()  # start times, last second
+        self.hungry = False  # the runner was told this executor runs low on work
+        self.busy = False
         self.stop = False
         self.check_ctl = True
         self.base_env = dict(os.environ)
@@ -403,10 +406,31 @@ class Executor:
         finally:
             os.close(fd)
         self.free.difference_update(cores)
+        self.started.append(t)
         wt = rec.get("walltime")
         self.running[job_id] = Run(pid=pid, child=True, besteffort=rec["besteffort"], slot=slot, cores=cores,
                                    start=t, deadline=t + wt if wt else None)
         self.by_pid[pid] = job_id
+
+    def tell_runner(self) -> None:
+        """Wake the runner when it has something to do: all the work is over (it records
+        the ends at once), or less than half a second of work is left (it submits more)."""
+        if not self.running and not self.waiting:
+            if self.busy:
+                self.busy = self.hungry = False
+                self.store.tell_progress()
+            return
+        self.busy = True
+        t = time.time()
+        while self.started and self.started[0] < t - 1.0:
+            self.started.popleft()
+        low = max(2 * self.cores, len(self.started) // 2)
+        if len(self.waiting) < low:
+            if not self.hungry:
+                self.hungry = True
+                self.store.tell_progress()
+        elif len(self.waiting) >= 2 * low:
+            self.hungry = False
 
     # ------------------------------------------------------------------ main loop
     def purge(self) -> None:
@@ -448,6 +472,7 @@ class Executor:
             self.schedule()
         except OSError:
             time.sleep(0.5)  # fork failure (too many processes): retry later
+        self.tell_runner()
         timeout = self.timers()
         if self.running or self.waiting:
             last_work = time.monotonic()

@@ -9,6 +9,7 @@ executor (server side). Everything is a file so that nothing is lost when a proc
                                         flock-ed by its shepherd while it lives
     <state>/ctl/<id>.del                deletion requests for the executor
     <state>/wake.fifo                   wakes the executor (no reader = executor not running)
+    <state>/progress.fifo               the executor wakes the runner (out of work, or running low)
     <state>/executor.lock|pid|log       singleton lock, pid, log of the executor
 
 A slot file is rewritten for each task it runs, then append-only: line 1 is the JSON
@@ -219,6 +220,7 @@ class Store:
         self.slots = self.root / "slots"
         self.ctl = self.root / "ctl"
         self.fifo = self.root / "wake.fifo"
+        self.progress_fifo = self.root / "progress.fifo"
         self.lock_file = self.root / "executor.lock"
         self.pid_file = self.root / "executor.pid"
         self.log_file = self.root / "executor.log"
@@ -475,6 +477,25 @@ class Store:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
                 check=False, timeout=60)
         self.wake()
+
+    def open_progress(self) -> int:
+        """The reading end of the progress FIFO (non-blocking; the caller selects on it)."""
+        with contextlib.suppress(FileExistsError):
+            os.mkfifo(self.progress_fifo, 0o600)
+        return os.open(self.progress_fifo, os.O_RDWR | os.O_NONBLOCK)
+
+    def tell_progress(self) -> None:
+        """Wake whoever follows this executor's tasks (nobody listening is fine)."""
+        try:
+            fd = os.open(self.progress_fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            os.write(fd, b"p")
+        except OSError:
+            pass  # full: the reader has wake-ups pending already
+        finally:
+            os.close(fd)
 
     def request_delete(self, job_id: int) -> None:
         (self.ctl / f"{job_id}.del").touch()

@@ -221,3 +221,29 @@ def test_dead_shepherd_is_reported(make_adapter, workdir: Path):
     wait_for(lambda: not _alive(job.raw["shepherd"]), what="shepherd dead")
     job = wait_ended(a, [jid])[jid]
     assert job.state == "Error" and job.event_types == ["EXTERMINATE"]
+
+
+def test_executor_wakes_the_runner_when_it_runs_low_and_when_work_is_over(make_adapter, workdir: Path):
+    """The runner sleeps on the adapter's wake-up fd: the executor writes to it when it is
+    about to run out of tasks (submit more) and when everything has ended (record it)."""
+    import select
+
+    a = make_adapter(cores=2)
+    fd = a.wakeup_fd()
+    assert fd is not None
+
+    def wait_wake() -> None:
+        ready, _, _ = select.select([fd], [], [], 120)
+        assert ready, "no wake-up from the executor"
+        while True:
+            try:
+                if not os.read(fd, 4096):
+                    break
+            except BlockingIOError:
+                break
+
+    ids = a.submit(JobRequest(command="sleep 1; echo", params=["a", "b"], directory=str(workdir)), "alice")
+    wait_wake()  # two tasks started on two cores, none waiting: it runs low
+    assert {j.state for j in a.get_jobs(ids).values()} <= {"Waiting", "Running"}
+    wait_wake()  # all over
+    assert {j.state for j in a.get_jobs(ids).values()} == {"Terminated"}
