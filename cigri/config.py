@@ -252,7 +252,7 @@ def embedded_conf() -> Conf:
     return Conf(values={"DATABASE_TYPE": "SQLite", "DATABASE_PATH": str(d / "cigri.sqlite"),
                         "LOCAL_STATE_DIR": str(d / "local"), "API_SOCKET": str(d / "api.sock"),
                         "API_LISTEN_SOCKET": str(d / "api.sock"), "RUNNER_MIN_CYCLE_DURATION": "0.5",
-                        "ALMIGHTY_CYCLE": "0.5", "RUNNER_DEFAULT_INITIAL_NUMBER_OF_JOBS": "8",
+                        "ALMIGHTY_CYCLE": "0.5", "RUNNER_DEFAULT_INITIAL_NUMBER_OF_JOBS": "50",
                         "RUNNER_TAP_GRACE_PERIOD": "5", "GRID_USAGE_UPDATE_PERIOD": "0",
                         "RUNNER_TAP_INCREASE_MAX": "500"})
 

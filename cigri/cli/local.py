@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -328,7 +329,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     lock_fd, owner = run_lock(conf)
     daemons: Daemons | None = None
     if owner:
-        _stop_idle_executor(conf)  # a new one starts on demand, with this run's LOCAL_CORES
+        _stop_idle_executor(conf)  # a new one starts with this run's LOCAL_CORES, now (in the
+        threading.Thread(target=_start_executor, args=(conf,), daemon=True).start()  # background)
         daemons = Daemons(conf, daemon_conf(conf, args.cores), api=not args.no_api)
         daemons.start()
         print(f"CiGri is running (log: {daemons.log_path}); Ctrl-C stops it, running tasks go on.", flush=True)
@@ -433,6 +435,15 @@ def _store(conf: Conf) -> Any:
     from cigri.localexec.store import Store
 
     return Store(state_dir_for("local://", conf))
+
+
+def _start_executor(conf: Conf) -> None:
+    """Start the local executor before the runner needs it (its start-up is then off the
+    path of the first tasks); the runner would start it anyway."""
+    from cigri.clusters.local import local_cores
+
+    with contextlib.suppress(Exception):
+        _store(conf).ensure_executor(local_cores(conf))
 
 
 def _stop_idle_executor(conf: Conf) -> None:
