@@ -336,11 +336,11 @@ class Store:
             break
         return log.ended
 
-    def append_log(self, first: int, recs: Sequence[Record]) -> None:
+    def append_log(self, first: int, recs: Sequence[Record], archived: bool = False) -> None:
         """Record ended tasks in their array's log (one write: lines are never torn)."""
         if not recs:
             return
-        fd = os.open(self.log_path(first), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.log_path(first, archived), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, b"".join(log_entry(r) for r in recs))
         finally:

@@ -247,3 +247,28 @@ def test_executor_wakes_the_runner_when_it_runs_low_and_when_work_is_over(make_a
     assert {j.state for j in a.get_jobs(ids).values()} <= {"Waiting", "Running"}
     wait_wake()  # all over
     assert {j.state for j in a.get_jobs(ids).values()} == {"Terminated"}
+
+
+def test_state_directory_of_the_previous_layout_is_migrated(make_adapter, workdir: Path):
+    """The first executor kept a file per task (running/, done/): a new executor records
+    the tasks that ended there, and reports one it cannot adopt as lost (CiGri resubmits
+    it), instead of running them again."""
+    import json
+
+    a = make_adapter()
+    st = a.store
+    st.setup()
+    first = st.alloc_ids(3)
+    st.write_array({"first": first, "count": 3, "command": "echo", "params": ["a", "b", "c"], "name": None,
+                    "directory": str(workdir), "stdout": None, "stderr": None, "owner": "alice", "types": [],
+                    "besteffort": False, "ncores": 1, "walltime": None, "submission_time": 1})
+    (st.root / "done" / "0").mkdir(parents=True)
+    (st.root / "running").mkdir()
+    (st.root / "done" / "0" / str(first)).write_text(json.dumps({"id": first, "start_time": 1}) + "\n3\n")
+    (st.root / "running" / str(first + 1)).write_text(json.dumps({"id": first + 1, "start_time": 1}) + "\n")
+    jobs = wait_ended(a, [first, first + 1, first + 2])
+    assert (jobs[first].state, jobs[first].exit_code) == ("Terminated", 3 << 8)
+    assert jobs[first + 1].state == "Error" and jobs[first + 1].event_types == ["EXTERMINATE"]
+    assert (jobs[first + 2].state, jobs[first + 2].exit_code) == ("Terminated", 0)  # never ran: runs now
+    assert not (workdir / f"OAR.{first}.stdout").exists()  # not run again
+    assert not (st.root / "running").exists() and not (st.root / "done").exists()
