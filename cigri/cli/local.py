@@ -352,10 +352,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     cancelled_since: float | None = None
     blocked_shown = False
     block_wait = max(10.0, 6 * float(conf.get("ALMIGHTY_CYCLE")))
+    refresh_at = 0.0
     try:
         while True:
             with engine.connect() as conn:
-                p = dblocal.progress(conn, cid)
+                # The full progress counts the campaign's jobs: its cost grows with the campaign,
+                # so it is refreshed at most 5 % of the time; a state change shows at once.
+                state = dblocal.campaign_state(conn, cid)
+                if p is None or time.monotonic() >= refresh_at or state != p.get("state"):
+                    t = time.monotonic()
+                    p = dblocal.progress(conn, cid)
+                    refresh_at = time.monotonic() + max(0.5, 20 * (time.monotonic() - t))
             if not p:
                 display.end(cid, None)
                 print(f"Campaign {cid} disappeared (purged?)")
