@@ -512,13 +512,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
         finally:
             os.close(fd)
     store = _store(conf)
+    store.stop_executor()  # first: no task starts after the kills (and every started one has its pid)
     if args.kill_tasks:
         for rec in store.running_records():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if rec.get("shepherd"):
                     os.killpg(int(rec["shepherd"]), signal.SIGKILL)
         print("Killed the running tasks.")
-    store.stop_executor()
     print("Local executor stopped." if not store.running_records() else
           "Local executor stopped; running tasks go on (a new executor adopts them).")
     return 0

@@ -403,6 +403,7 @@ class Executor:
                 rec.update(state="Waiting", start_time=None, cores=[])
                 (self.q_be if rec["besteffort"] else self.q_normal).appendleft(job_id)
                 raise
+            os.write(fd, f"P {pid}\n".encode())  # (the shepherd writes it too: either may be first)
         finally:
             os.close(fd)
         self.free.difference_update(cores)

@@ -50,7 +50,8 @@ def test_gridstat_and_griddel_cancel_kill_running_tasks(local_mode: LocalMode):
     from cigri.localexec.store import Store
 
     store = Store(local_mode.data / "local")
-    wait_for(lambda: len(store.running_records()) == 2, what="two tasks running")
+    # (a task's pid is written just after it starts)
+    wait_for(lambda: len([r for r in store.running_records() if r.get("shepherd")]) == 2, what="two tasks running")
     pids = [r["shepherd"] for r in store.running_records()]
     env = dict(local_mode.env, CIGRICONFFILE=str(local_mode.data / "cigri-local.conf"))
     bindir = Path(sys.executable).parent
