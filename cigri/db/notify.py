@@ -11,7 +11,6 @@ soon as one of its channels is notified. Channels: "cigri_metascheduler",
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import select
@@ -21,6 +20,8 @@ from collections.abc import Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from cigri import fifo
 
 log = logging.getLogger("cigri.notify")
 
@@ -89,17 +90,9 @@ def send_fifo(directory: str | None, channel: str) -> None:
     if directory is None:
         return
     try:
-        fd = os.open(os.path.join(directory, channel), os.O_WRONLY | os.O_NONBLOCK)
+        fifo.poke(os.path.join(directory, channel))
     except OSError as e:
-        if e.errno not in (errno.ENXIO, errno.ENOENT):
-            log.debug("notify %s: %s", channel, e)
-        return
-    try:
-        os.write(fd, b"n")
-    except BlockingIOError:
-        pass  # already full of wake-ups
-    finally:
-        os.close(fd)
+        log.debug("notify %s: %s", channel, e)
 
 
 class Waiter:
@@ -141,10 +134,7 @@ class Waiter:
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             for ch in self.channels:
-                path = os.path.join(directory, ch)
-                with contextlib.suppress(FileExistsError):
-                    os.mkfifo(path, 0o600)
-                self._fifos.append(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+                self._fifos.append(fifo.listen(os.path.join(directory, ch)))
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
@@ -219,9 +209,7 @@ class Waiter:
                 self._event.clear()
                 self._safe_drain()
                 if self._wake_r >= 0:
-                    with contextlib.suppress(OSError):
-                        while os.read(self._wake_r, 4096):
-                            pass
+                    fifo.drain(self._wake_r)
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -232,9 +220,7 @@ class Waiter:
                 ready, _, _ = select.select(fds, [], [], slice_)
                 if ready:
                     for fd in ready:
-                        with contextlib.suppress(OSError):
-                            while os.read(fd, 4096):
-                                pass
+                        fifo.drain(fd)
                     self._event.clear()
                     return True
                 continue
@@ -245,9 +231,7 @@ class Waiter:
                 r, _, _ = select.select([self._conn.fileno(), *self._extra], [], [], slice_)
                 extra = [fd for fd in r if fd in self._extra]
                 for fd in extra:
-                    with contextlib.suppress(OSError):
-                        while os.read(fd, 4096):
-                            pass
+                    fifo.drain(fd)
                 if extra or (r and self._drain()):
                     return True
             except Exception as e:  # noqa: BLE001 - connection lost: reconnect next call

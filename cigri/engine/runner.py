@@ -549,30 +549,24 @@ class Runner:
         chosen_campaign: int | None = None
         seen = 0
         skip: set[int] = set()  # campaigns that cannot be served now: the query leaves them out
-        scanning = True
-        while scanning:
-            scanning = False
+        rescan = True
+        while rescan:  # one query, plus one per campaign skipped at the head of the queue
+            rescan = False
             queue = dbqueue.iter_queued_tasks(conn, self.cid, exclude=skip)
             for q in queue:
                 seen += 1
-                if chosen_campaign is not None and q.campaign_id != chosen_campaign:
-                    break
                 if chosen_campaign is None:
                     verdict = self._servable(conn, q, bl, taps, closed, nightly_ok)
                     if verdict == "hold":
                         break  # a tap in its grace period holds the queue (spec §7.4)
                     if verdict == "skip":
                         skip.add(q.campaign_id)
-                        scanning = True
+                        rescan = True
                         break
-                if len(chosen) >= taps[q.campaign_id].rate:
+                    chosen_campaign = q.campaign_id
+                if q.campaign_id != chosen_campaign or len(chosen) >= taps[chosen_campaign].rate:
                     break
                 chosen.append(q.queue_id)
-                chosen_campaign = q.campaign_id
-            else:
-                scanning = False
-            if chosen:
-                break
         res.queued = seen > 0
         if not seen:
             return []

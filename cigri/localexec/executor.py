@@ -31,6 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from cigri import fifo
 from cigri.localexec.store import Record, Store, append_line, now, parse_task_file, read_task_file, task_record
 
 KILL_GRACE = 2  # seconds between SIGTERM and SIGKILL of a killed task
@@ -177,11 +178,12 @@ class Executor:
     def adopt(self, rec: Record, slot: int) -> None:
         cores = [c for c in rec.get("cores", []) if c in self.free]
         self.free.difference_update(cores)
-        wt = self.store.find_in_arrays(rec["id"]) or {}
-        walltime = wt.get("walltime")
+        found = self.store.array_of(rec["id"])
+        spec = found[0] if found else {}
+        walltime = spec.get("walltime")
         start = float(rec.get("start_time") or time.time())
         self.running[rec["id"]] = Run(pid=int(rec.get("shepherd") or 0), child=False, slot=slot,
-                                      besteffort=bool(wt.get("besteffort")), cores=cores, start=start,
+                                      besteffort=bool(spec.get("besteffort")), cores=cores, start=start,
                                       deadline=start + walltime if walltime else None)
         log(f"job {rec['id']}: adopted running shepherd {rec.get('shepherd')}")
 
@@ -484,7 +486,7 @@ class Executor:
             if not self.waiting and not self.running:
                 log("idle: exiting")
                 raise StopIteration
-            fifo_fd = os.open(self.store.fifo, os.O_RDWR | os.O_NONBLOCK)
+            fifo_fd = fifo.listen(self.store.fifo)
             return fifo_fd, last_scan, last_work
         if any(not r.child for r in self.running.values()):
             timeout = min(timeout, 0.2)
@@ -494,12 +496,8 @@ class Executor:
             ready = []
         woken = False
         for fd in ready:
-            try:
-                while os.read(fd, 4096):
-                    if fd == fifo_fd:
-                        woken = True
-            except BlockingIOError:
-                pass
+            if fifo.drain(fd) and fd == fifo_fd:
+                woken = True
         if woken or time.monotonic() - last_scan > RESCAN:
             self.ingest()
             last_scan = time.monotonic()
@@ -600,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    fifo_fd = os.open(store.fifo, os.O_RDWR | os.O_NONBLOCK)
+    fifo_fd = fifo.listen(store.fifo)
     log(f"started on {store.root} with {cores} cores")
     if ready_w is not None:
         os.write(ready_w, b"1")

@@ -39,6 +39,8 @@ from collections.abc import Container, Sequence
 from pathlib import Path
 from typing import Any
 
+from cigri import fifo
+
 Record = dict[str, Any]
 
 LOST_EVENT = "EXTERMINATE"
@@ -233,8 +235,7 @@ class Store:
         for d in (self.root, self.arrays, self.arrays_done, self.slots, self.ctl):
             d.mkdir(parents=True, exist_ok=True)
         if not self.fifo.exists():
-            with contextlib.suppress(FileExistsError):
-                os.mkfifo(self.fifo, 0o600)
+            os.close(fifo.listen(self.fifo))
 
     # ------------------------------------------------------------------ paths
     def slot_path(self, slot: int) -> str:
@@ -304,11 +305,6 @@ class Store:
                     if spec and job_id < spec["first"] + spec["count"]:
                         return spec, archived
         return None
-
-    def find_in_arrays(self, job_id: int) -> Record | None:
-        """The waiting record of a job from the array that defines it."""
-        found = self.array_of(job_id)
-        return task_record(found[0], job_id) if found else None
 
     # ------------------------------------------------------------------ array logs
     def read_log(self, first: int) -> dict[int, Record]:
@@ -451,19 +447,7 @@ class Store:
     # ------------------------------------------------------------------ executor control
     def wake(self) -> bool:
         """Poke the executor; False when none is running."""
-        try:
-            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as e:
-            if e.errno in (errno.ENXIO, errno.ENOENT):
-                return False
-            raise
-        try:
-            os.write(fd, b"w")
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(fd)
-        return True
+        return fifo.poke(self.fifo)
 
     def ensure_executor(self, cores: int) -> None:
         """Wake the executor, starting it (detached) if it is not running."""
@@ -480,22 +464,12 @@ class Store:
 
     def open_progress(self) -> int:
         """The reading end of the progress FIFO (non-blocking; the caller selects on it)."""
-        with contextlib.suppress(FileExistsError):
-            os.mkfifo(self.progress_fifo, 0o600)
-        return os.open(self.progress_fifo, os.O_RDWR | os.O_NONBLOCK)
+        return fifo.listen(self.progress_fifo)
 
     def tell_progress(self) -> None:
         """Wake whoever follows this executor's tasks (nobody listening is fine)."""
-        try:
-            fd = os.open(self.progress_fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:
-            return
-        try:
-            os.write(fd, b"p")
-        except OSError:
-            pass  # full: the reader has wake-ups pending already
-        finally:
-            os.close(fd)
+        with contextlib.suppress(OSError):
+            fifo.poke(self.progress_fifo)
 
     def request_delete(self, job_id: int) -> None:
         (self.ctl / f"{job_id}.del").touch()
