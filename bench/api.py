@@ -40,14 +40,6 @@ PG_BASE = os.environ.get("CIGRI_TEST_PG", "postgresql+psycopg://cigri:cigri@127.
 BIN = Path(sys.executable).parent
 
 
-def conf_values(db: str) -> dict[str, str]:
-    u = sa.make_url(f"{PG_BASE}/{db}")
-    return {"DATABASE_TYPE": "PostgreSQL", "DATABASE_HOST": u.host or "127.0.0.1", "DATABASE_PORT": str(u.port or 5432),
-            "DATABASE_NAME": db, "DATABASE_USER_NAME": u.username or "cigri",
-            "DATABASE_USER_PASSWORD": u.password or "cigri", "DATABASE_SSL_MODE": "disable", "LOG_FILE": "STDERR",
-            "LOG_LEVEL": "WARN"}
-
-
 def populate(engine: sa.Engine, jobs: int, campaigns: int) -> int:
     """One big campaign (id 1) with `jobs` terminated jobs, and `campaigns` small ones."""
     with engine.begin() as c:
@@ -113,21 +105,18 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10, help="requests per client")
     args = ap.parse_args()
 
+    from cigri.db.admin import create_scratch_database, drop_scratch_database
+
     db = f"cigri_bench_api_{os.getpid()}"
-    adm = sa.create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    with adm.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{db}" TEMPLATE template0'))
+    values = create_scratch_database(PG_BASE, db) | {"LOG_FILE": "STDERR", "LOG_LEVEL": "WARN"}
     d = tempfile.mkdtemp(prefix="cigri-bench-api-")
     proc = None
     try:
-        from cigri.db.admin import init_schema
         from cigri.db.engine import make_engine
 
-        values = conf_values(db)
         conf = Conf(values=values)
         set_conf(conf)
         engine = make_engine(conf)
-        init_schema(engine)
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         t = time.perf_counter()
         big = populate(engine, args.jobs, args.campaigns)
@@ -243,8 +232,7 @@ def main() -> None:
         from cigri.db.engine import reset_engines
 
         reset_engines()
-        with adm.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        drop_scratch_database(PG_BASE, db)
         import shutil
 
         shutil.rmtree(d, ignore_errors=True)

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cigri.config import Conf, set_conf  # noqa: E402
-from cigri.db.admin import init_schema  # noqa: E402
+from cigri.db.admin import create_scratch_database, drop_scratch_database  # noqa: E402
 from cigri.db.engine import make_engine  # noqa: E402
 from cigri.db.schema import jobs_to_launch  # noqa: E402
 from cigri.engine import metascheduler as ms  # noqa: E402
@@ -73,19 +73,11 @@ def timed(fn, repeat: int = 1) -> list[float]:
 def run(n_tasks: int, n_campaigns: int, n_clusters: int, conf_values: dict[str, str],
         taken: int) -> dict[str, float]:
     name = f"cigri_bench_sched_{os.getpid()}"
-    adm = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-    with adm.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        c.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE template0'))
+    db_values = create_scratch_database(PG, name)
     try:
-        url = sa.make_url(f"{PG}/{name}")
-        conf = Conf(values=conf_values | {"DATABASE_NAME": name, "DATABASE_HOST": url.host or "127.0.0.1",
-                                          "DATABASE_PORT": str(url.port or 5432),
-                                          "DATABASE_USER_NAME": url.username or "cigri",
-                                          "DATABASE_USER_PASSWORD": url.password or "cigri"})
+        conf = Conf(values=conf_values | db_values)
         set_conf(conf)
         eng = make_engine(conf)
-        init_schema(eng)
         t0 = time.perf_counter()
         populate(eng, n_campaigns, n_clusters, n_tasks)
         load = time.perf_counter() - t0
@@ -115,9 +107,7 @@ def run(n_tasks: int, n_campaigns: int, n_clusters: int, conf_values: dict[str, 
                 "steady_s": steady, "topup_s": statistics.median(tops)}
     finally:
         set_conf(None)
-        with adm.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        adm.dispose()
+        drop_scratch_database(PG, name)
 
 
 def _pk_select(eng: sa.Engine) -> None:

@@ -36,15 +36,18 @@ def cli(ids: tuple[int, ...], campaign_ids: str | None, pause: bool, resume: boo
     if not targets and job is None:
         raise CliError("Error: You need to provide at least one campaign_id or job_id!")
     api = ApiClient()
-    failed = False
-    if job is not None:
-        r = api.delete(f"/jobs/{job}")
+
+    def delete(path: str, what: str) -> bool:
+        """DELETE `path`; False (and a message) when the API refuses."""
+        r = api.delete(path)
         if r.status == 202:
             if verbose:
                 click.echo(r.message)
-        else:
-            failed = True
-            err(f"Failed to cancel job {job}: {r.message.rstrip('.')}.")
+            return True
+        err(f"Failed to {what}: {r.message.rstrip('.')}.")
+        return False
+
+    failed = job is not None and not delete(f"/jobs/{job}", f"cancel job {job}")
     flag, verb = ("", "cancel")
     if purge:
         flag, verb = "?purge=1", "purge"
@@ -53,13 +56,8 @@ def cli(ids: tuple[int, ...], campaign_ids: str | None, pause: bool, resume: boo
     elif pause:
         flag, verb = "?hold=1", "pause"
     for cid in targets:
-        r = api.delete(f"/campaigns/{cid}{flag}")
-        if r.status == 202:
-            if verbose:
-                click.echo(r.message)
-        else:
+        if not delete(f"/campaigns/{cid}{flag}", f"{verb} campaign {cid}"):
             failed = True
-            err(f"Failed to {verb} campaign {cid}: {r.message.rstrip('.')}.")
     return 1 if failed else 0
 
 

@@ -378,12 +378,7 @@ def create_scratch_database(server: str, name: str) -> dict[str, str]:
     `server` (a URL without database, whose role has CREATEDB). For tests and benchmarks;
     returns its cigri.conf variables."""
     drop_scratch_database(server, name)
-    adm = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with adm.connect() as c:
-            c.execute(sa.text(f"CREATE DATABASE {_ident(name)} ENCODING 'UTF8' TEMPLATE template0"))
-    finally:
-        adm.dispose()
+    _server_statement(server, f"CREATE DATABASE {_ident(name)} ENCODING 'UTF8' TEMPLATE template0")
     eng = sa.create_engine(f"{server}/{name}")
     try:
         init_schema(eng)
@@ -393,9 +388,15 @@ def create_scratch_database(server: str, name: str) -> dict[str, str]:
 
 
 def drop_scratch_database(server: str, name: str) -> None:
+    _server_statement(server, f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
+
+
+def _server_statement(server: str, statement: str) -> None:
+    """One statement outside any transaction (CREATE/DROP DATABASE), on the server's
+    maintenance database."""
     adm = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     try:
         with adm.connect() as c:
-            c.execute(sa.text(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)"))
+            c.execute(sa.text(statement))
     finally:
         adm.dispose()

@@ -192,40 +192,50 @@ def _problem(engine: Engine, job: dict[str, Any], reported: set[int]) -> bool:
 # ---------------------------------------------------------------- steps
 
 
-def cancel_campaigns(engine: Engine, killer: Killer, res: NikitaResult) -> None:
+def _open_frags(engine: Engine, klass: str, target: Any) -> list[Any]:
+    """Open USER_FRAG events of a class: (event id, campaign or job id)."""
     with engine.connect() as conn:
-        frags = conn.execute(sa.select(events.c.id, events.c.campaign_id).where(
-            events.c.state == "open", events.c.code == "USER_FRAG", events.c["class"] == "campaign")
-            .order_by(events.c.id)).all()
-    for ev_id, campaign_id in frags:
+        return list(conn.execute(sa.select(events.c.id, target).where(
+            events.c.state == "open", events.c.code == "USER_FRAG", events.c["class"] == klass)
+            .order_by(events.c.id)).all())
+
+
+def _kill_all(engine: Engine, killer: Killer, todo: list[dict[str, Any]], reported: set[int],
+              res: NikitaResult) -> bool:
+    """Kill the jobs of one cancellation; True when every kill is done."""
+    ok = True
+    for job in todo:
+        r = kill_job(engine, killer, job)
+        if r is True:
+            res.killed.append(job["id"])
+        else:
+            ok = False
+            if r is False and _problem(engine, job, reported):
+                res.problems.append(job["id"])
+    return ok
+
+
+def _close_frag(engine: Engine, ev_id: int, res: NikitaResult) -> None:
+    with transaction(engine) as conn:
+        eventsdb.close_events(conn, [ev_id], checked=True)
+    res.frag_closed.append(int(ev_id))
+
+
+def cancel_campaigns(engine: Engine, killer: Killer, res: NikitaResult) -> None:
+    for ev_id, campaign_id in _open_frags(engine, "campaign", events.c.campaign_id):
         with transaction(engine) as conn:
             conn.execute(events.update().where(events.c["class"] == "job", events.c.campaign_id == campaign_id,
                                                events.c.state == "open", events.c.code != "USER_FRAG")
                          .values(state="closed", date_closed=now()))
             todo = _job_rows(conn, sa.and_(jobs.c.campaign_id == campaign_id, jobs.c.state.in_(NOT_FINAL)))
             reported = _jobs_with_event(conn, "NIKITA_KILL_PROBLEM", [j["id"] for j in todo])
-        ok = True
-        for job in todo:
-            r = kill_job(engine, killer, job)
-            if r is True:
-                res.killed.append(job["id"])
-            else:
-                ok = False
-                if r is False and _problem(engine, job, reported):
-                    res.problems.append(job["id"])
-        if ok:
-            with transaction(engine) as conn:
-                eventsdb.close_events(conn, [ev_id], checked=True)
-            res.frag_closed.append(int(ev_id))
+        if _kill_all(engine, killer, todo, reported, res):
+            _close_frag(engine, ev_id, res)
             log.info("Campaign %s cancelled: %d jobs killed", campaign_id, len(todo))
 
 
 def cancel_jobs(engine: Engine, killer: Killer, res: NikitaResult) -> None:
-    with engine.connect() as conn:
-        frags = conn.execute(sa.select(events.c.id, events.c.job_id).where(
-            events.c.state == "open", events.c.code == "USER_FRAG", events.c["class"] == "job")
-            .order_by(events.c.id)).all()
-    for ev_id, job_id in frags:
+    for ev_id, job_id in _open_frags(engine, "job", events.c.job_id):
         with transaction(engine) as conn:
             if job_id is not None:
                 conn.execute(events.update().where(events.c.job_id == job_id, events.c["class"] == "job",
@@ -233,15 +243,8 @@ def cancel_jobs(engine: Engine, killer: Killer, res: NikitaResult) -> None:
                              .values(state="closed", date_closed=now()))
             rows = _job_rows(conn, jobs.c.id == job_id) if job_id is not None else []
             reported = _jobs_with_event(conn, "NIKITA_KILL_PROBLEM", [job_id] if job_id else [])
-        r = kill_job(engine, killer, rows[0]) if rows else True
-        if r is True:
-            if rows:
-                res.killed.append(int(job_id))
-            with transaction(engine) as conn:
-                eventsdb.close_events(conn, [ev_id], checked=True)
-            res.frag_closed.append(int(ev_id))
-        elif r is False and rows and _problem(engine, rows[0], reported):
-            res.problems.append(int(job_id))
+        if _kill_all(engine, killer, rows, reported, res):
+            _close_frag(engine, ev_id, res)
 
 
 def _blacklisted_pairs(conn: Connection) -> tuple[set[int], set[tuple[int, int]]]:
