@@ -88,9 +88,10 @@ def test_killed_task_gets_grace_to_clean_up(make_adapter, workdir: Path):
     """Deletion sends SIGTERM to the whole task, which stops (no command after the killed one
     runs) but may clean up during the grace delay, as on OAR."""
     a = make_adapter()
-    [jid] = a.submit(JobRequest(command="trap 'sleep 0.5; touch cleaned; exit 1' TERM; sleep 300 & wait; touch next",
-                                directory=str(workdir)), "alice")
+    [jid] = a.submit(JobRequest(command="trap 'sleep 0.5; touch cleaned; exit 1' TERM; touch trapped; "
+                                        "sleep 300 & wait; touch next", directory=str(workdir)), "alice")
     wait_state(a, jid, "Running")
+    wait_for(lambda: (workdir / "trapped").exists(), what="the task's trap set")  # else TERM just ends it
     a.delete_job(jid, "alice")
     job = wait_ended(a, [jid])[jid]
     assert job.state == "Error" and job.event_types == ["FRAG_JOB_REQUEST"]
