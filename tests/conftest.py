@@ -2,7 +2,8 @@
 here), a SQLite database per test, and configurations built in memory.
 
 PostgreSQL is reached through CIGRI_TEST_PG (default: role cigri on 127.0.0.1, as
-tools/pg-setup creates it)."""
+tools/pg-setup creates it). Real parts (PostgreSQL, the OAR testbed, ...) are declared in
+tests/parts.py: a missing part skips its tests on a developer machine and fails them in CI."""
 
 from __future__ import annotations
 
@@ -18,19 +19,55 @@ from cigri.config import Conf, set_conf
 from cigri.db import schema
 from cigri.db.admin import create_scratch_database, database_conf_values, drop_scratch_database, init_schema
 from cigri.db.engine import make_engine, reset_engines
+from tests import parts
 
 PG_BASE = os.environ.get("CIGRI_TEST_PG", "postgresql+psycopg://cigri:cigri@127.0.0.1:5432")
 TABLES = [t.name for t in schema.metadata.sorted_tables]
 
 
+def _probe_postgres() -> str | None:
+    eng = sa.create_engine(f"{PG_BASE}/postgres", connect_args={"connect_timeout": 5})
+    try:
+        with eng.connect() as c:
+            c.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as e:
+        return f"cannot connect to {sa.make_url(PG_BASE).render_as_string(hide_password=True)}: " + (
+            str(getattr(e, "orig", e)).strip().splitlines() or [type(e).__name__])[0]
+    finally:
+        eng.dispose()
+    return None
+
+
+POSTGRES = parts.Part("PostgreSQL", "CIGRI_POSTGRES", _probe_postgres, hint="sudo tools/pg-setup")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Parts declared with tests.parts.requires_part, and the OAR testbed for every test marked `oar`."""
+    parts.check_marked_parts(item)
+    if item.get_closest_marker("oar") is not None:
+        from tests.oar_testbed import OAR_TESTBED
+
+        OAR_TESTBED.require()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for name, (reason, required) in sorted(parts.MISSING.items()):
+        terminalreporter.write_line(f"MISSING PART {name}: {reason} (its tests "
+                                    f"{'FAILED: the part is required' if required else 'were skipped'})",
+                                    red=required, yellow=not required)
+
+
 def _admin_engine() -> Engine:
     """The server's `postgres` database, for tests that build a database by hand (CiGri 3.0 upgrade)."""
+    POSTGRES.require()
     return sa.create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
 
 
 @pytest.fixture(scope="session")
 def pg_dbname() -> Iterator[str]:
     """A fresh PostgreSQL database with the CiGri schema, dropped at the end of the session."""
+    POSTGRES.require()
     name = f"cigri_test_{os.getpid()}"
     create_scratch_database(PG_BASE, name)
     yield name
