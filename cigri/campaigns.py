@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cigri import admission
 from cigri import jdl as jdlmod
+from cigri.access import admins_of, may_act_on
 from cigri.config import Conf, get_conf
 from cigri.db import campaigns as dbc
 from cigri.db import parameters as dbp
@@ -25,15 +26,15 @@ from cigri.states import ACTIVE_JOB_STATES, check_campaign_transition
 
 log = logging.getLogger("cigri.campaigns")
 
+PARAM_FILE_REFUSED = ("Field 'param_file' is not accepted by the server: it never opens files named by users. "
+                      "Send the file's lines as 'params' (gridsub does it for you, reading the file as you)")
+
 #: above this many parameters, PostgreSQL writes bag_of_tasks on a second connection.
 PARALLEL_THRESHOLD = dbp.CHUNK
 
 
 def _admins(admins: Iterable[str] | None, conf: Conf | None = None) -> tuple[str, ...]:
-    if admins is not None:
-        return tuple(admins)
-    raw = (conf or get_conf()).get("API_ADMINS") or "root"
-    return tuple(a.strip() for a in str(raw).split(",") if a.strip())
+    return tuple(admins) if admins is not None else admins_of(conf)
 
 
 def check_rights(conn: Connection, cid: int, user: str, admins: Iterable[str] = ("root",),
@@ -46,8 +47,8 @@ def check_rights(conn: Connection, cid: int, user: str, admins: Iterable[str] = 
     row = dbc.get_campaign(conn, cid, for_update=for_update)
     if row is None:
         raise NotFound(f"Campaign {cid} not found")
-    if row["grid_user"] != user and user not in tuple(admins):
-        raise Unauthorized(f"Campaign {cid} belongs to {row['grid_user']}, not to {user}")
+    if not may_act_on(user, row["grid_user"], admins):
+        raise Unauthorized(f"Access denied: campaign {cid} belongs to another user")
     return row
 
 
@@ -90,11 +91,17 @@ def _duplicate_error(expanded: dict[str, Any], user: str, name: str | None, sour
     return dbp.duplicate_message(name, dbp.lines_with_name(jdlmod.iter_param_lines(expanded, user), name), source)
 
 
-def prepare_campaign(engine: Engine, jdl: Any, user: str, conf: Conf | None = None
+def prepare_campaign(engine: Engine, jdl: Any, user: str, conf: Conf | None = None, read_files: bool = True
                      ) -> tuple[dict[str, Any], dict[str, int]]:
-    """Parse, expand and admit a JDL: (expanded JDL, known clusters). Writes nothing."""
+    """Parse, expand and admit a JDL: (expanded JDL, known clusters). Writes nothing.
+
+    `read_files=False` (the API): a `param_file` is refused, never opened. The server runs
+    with an identity other than the submitter's, so it must not open paths they name;
+    gridsub reads the file as the user and sends its lines as `params`."""
     conf = conf or get_conf()
     parsed = jdlmod.parse_jdl(jdl)
+    if not read_files and "param_file" in parsed and "params" not in parsed and "nb_jobs" not in parsed:
+        raise ParseError(PARAM_FILE_REFUSED)
     with engine.connect() as conn:
         known = cluster_ids_by_name(conn, list(parsed["clusters"]))
         rules = admission.load_rules(conn)
@@ -120,7 +127,7 @@ def prepare_campaign(engine: Engine, jdl: Any, user: str, conf: Conf | None = No
     return expanded, known
 
 
-def submit_campaign(engine: Engine, jdl: Any, user: str, conf: Conf | None = None) -> int:
+def submit_campaign(engine: Engine, jdl: Any, user: str, conf: Conf | None = None, read_files: bool = True) -> int:
     """Create a campaign: campaigns, campaign_properties, parameters and bag_of_tasks rows.
 
     Everything is one transaction, except that on PostgreSQL large campaigns write
@@ -128,7 +135,7 @@ def submit_campaign(engine: Engine, jdl: Any, user: str, conf: Conf | None = Non
     rows are unreachable until the campaign row commits (nothing reads bag rows of an
     unknown campaign); if the main commit fails they are deleted again."""
     conf = conf or get_conf()
-    expanded, known = prepare_campaign(engine, jdl, user, conf)
+    expanded, known = prepare_campaign(engine, jdl, user, conf, read_files)
     source_label = jdlmod.param_source(expanded)
     parallel = not is_sqlite(engine) and _expected_size(expanded) > PARALLEL_THRESHOLD
     main = engine.connect()
@@ -236,28 +243,28 @@ def cancel_campaign(engine: Engine, cid: int, user: str, admins: Iterable[str] |
 
 
 def pause_campaign(engine: Engine, cid: int, user: str, admins: Iterable[str] | None = None) -> None:
-    _set_state(engine, cid, user, _admins(admins), "paused")
+    _set_state(engine, cid, user, _admins(admins), "paused", "Can't hold (pause) a {old} campaign")
 
 
 def resume_campaign(engine: Engine, cid: int, user: str, admins: Iterable[str] | None = None) -> None:
-    _set_state(engine, cid, user, _admins(admins), "in_treatment")
+    _set_state(engine, cid, user, _admins(admins), "in_treatment", "Can't resume a {old} campaign")
 
 
-def _set_state(engine: Engine, cid: int, user: str, admins: tuple[str, ...], new: str) -> dict[str, Any]:
+def _set_state(engine: Engine, cid: int, user: str, admins: tuple[str, ...], new: str,
+               refusal: str) -> dict[str, Any]:
     with engine.begin() as conn:
         row = check_rights(conn, cid, user, admins, for_update=True)
-        _state_change(conn, row, new, user)
+        _state_change(conn, row, new, user, refusal)
         return dbc.get_campaign(conn, int(cid)) or row
 
 
-def _state_change(conn: Connection, row: dict[str, Any], new: str, user: str) -> None:
-    """Only user-driven changes: in_treatment <-> paused (spec §3.1, fixes §15.2 #24)."""
+def _state_change(conn: Connection, row: dict[str, Any], new: str, user: str,
+                  refusal: str = "Can't change a {old} campaign to {new}") -> None:
+    """Only user-driven changes: in_treatment <-> paused (CiGri3 let a PUT resume a cancelled one)."""
     old = row["state"]
     allowed = {("in_treatment", "paused"), ("paused", "in_treatment")}
     if (old, new) not in allowed:
-        if old == new:
-            raise StateError(f"Campaign {row['id']} is already {old}")
-        raise StateError(f"Can't change a {old} campaign to {new}")
+        raise StateError(refusal.format(old=old, new=new))
     check_campaign_transition(old, new)
     dbc.update_campaign(conn, int(row["id"]), state=new)
     if new == "in_treatment":
@@ -292,8 +299,8 @@ def purge_campaign(engine: Engine, cid: int, user: str, admins: Iterable[str] | 
     with engine.begin() as conn:
         row = check_rights(conn, cid, user, admins, for_update=True)
         if row["state"] not in ("terminated", "cancelled"):
-            raise StateError(f"Campaign {cid} is {row['state']}: only terminated or cancelled campaigns "
-                             "can be purged")
+            raise StateError(f"Can't purge a {row['state']} campaign: only terminated or cancelled campaigns "
+                             "can be purged (cancel it first)")
         active = dbc.count_active_jobs(conn, int(cid), ACTIVE_JOB_STATES + ("launching",))
         if active:
             raise StateError(f"Campaign {cid} still has {active} active jobs: wait for them to be killed")

@@ -138,6 +138,8 @@ VARIABLES: dict[str, Var] = {
     "API_JWT_SECRET_FILE": Var("/etc/cigri/api-jwt.secret", _str),
     "API_JWT_LIFETIME": Var(86400 * 30, _int),
     "API_ADMINS": Var("root", _str, "comma-separated grid logins with administrator rights"),
+    "API_MAX_BODY_SIZE": Var(256 * 1024 * 1024, _int, "largest request body (bytes) the API reads: a JDL with "
+                             "its params, or tasks added to a campaign; bigger ones get 413"),
     "API_SOCKET": Var("/run/cigri/api.sock", _str, "client side: Unix socket of the API"),
     "API_TOKEN_FILE": Var("~/.cigri/token", _str, "client side: JWT for remote access"),
     "API_URL": Var("", _str, "client side: full API URL (overrides API_HOST/PORT/BASE)"),

@@ -181,7 +181,30 @@ def parse_jdl(text_or_dict: Any) -> dict[str, Any]:
     jdl["clusters"] = checked
 
     _check_params_fields(jdl)
+    _check_sizes(jdl)
     return jdl
+
+
+#: an unknown field (kept for admission rules and stored with the campaign) and the whole
+#: JDL without its parameters are bounded: it is stored and shown with every campaign
+MAX_UNKNOWN_FIELD = 64 * 1024
+MAX_JDL_WITHOUT_PARAMS = 1024 * 1024
+
+
+def _size(v: Any) -> int:
+    return len(json.dumps(v, ensure_ascii=False))
+
+
+def _check_sizes(jdl: dict[str, Any]) -> None:
+    known = set(GLOBAL_FIELDS) | set(CLUSTER_FIELDS)
+    blocks = [("", jdl)] + [(f" of cluster '{c}'", b) for c, b in jdl["clusters"].items()]
+    for where, block in blocks:
+        for k, v in block.items():
+            if k not in known and _size(v) > MAX_UNKNOWN_FIELD:
+                raise ParseError(f"Field '{k}'{where} is unknown to CiGri and larger than {MAX_UNKNOWN_FIELD} bytes")
+    rest = {k: v for k, v in jdl.items() if k != "params"}
+    if _size(rest) > MAX_JDL_WITHOUT_PARAMS:
+        raise ParseError(f"The JDL without its params is larger than {MAX_JDL_WITHOUT_PARAMS} bytes")
 
 
 def _check_params_fields(jdl: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ class Identity:
 
     @property
     def authenticated(self) -> bool:
-        return bool(self.user) and self.user.lower() not in ("unknown", "null")
+        return self.user is not None and bool(self.user) and self.user.lower() not in ("unknown", "null")
 
 
 def header_name(conf: Conf) -> str:
@@ -56,8 +57,9 @@ def split_list(value: str | None) -> list[str]:
 
 
 class Authenticator:
-    def __init__(self, conf: Conf) -> None:
+    def __init__(self, conf: Conf, engine: Any = None) -> None:
         self.conf = conf
+        self.engine = engine
         self.header = header_name(conf)
         self.proxies = set(split_list(conf.get("API_TRUSTED_PROXIES")))
         self.admins = set(split_list(conf.get("API_ADMINS"))) or {"root"}
@@ -95,7 +97,7 @@ class Authenticator:
         return sub
 
     # ---------------------------------------------------------------- requests
-    def identify(self, scope: dict[str, Any], headers: Any) -> Identity:
+    def identify(self, scope: Mapping[str, Any], headers: Any) -> Identity:
         peer = scope.get(PEER_SCOPE_KEY)
         claimed = headers.get(self.header)
         if claimed is not None:

@@ -127,11 +127,11 @@ def serve(conf: Conf, socket_path: str | None = None, host: str | None = None, p
         log.info("cigri-api listening on %s", s.getsockname() or s)
     import tempfile
 
-    from cigri.api import app as app_module
+    from cigri.api import state
 
     gen_fd, gen_path = tempfile.mkstemp(prefix="cigri-api-writes-")
     os.close(gen_fd)
-    app_module.GENERATION_FILE = gen_path  # inherited by the workers forked below
+    state.GENERATION_FILE = gen_path  # inherited by the workers forked below
     try:
         _serve_workers(conf, sockets, log_level, workers)
     finally:

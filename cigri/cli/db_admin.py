@@ -32,8 +32,7 @@ def _engine(database_url_opt: str | None, conf_file: str | None) -> tuple[Engine
 
 def _reachable(engine: Engine, shown: str) -> None:
     try:
-        with engine.connect() as c:
-            c.execute(sa.text("SELECT 1"))
+        admin.ping(engine)
     except sa.exc.SQLAlchemyError as e:
         first = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         click.echo(f"cigri-db: cannot connect to the database {shown}: {first}", err=True)
@@ -64,12 +63,8 @@ def init(database_url_opt: str | None, conf_file: str | None, create_database: b
         name = engine.url.database
         adm = make_engine(url=engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         _reachable(adm, shown)
-        with adm.connect() as c:
-            exists = c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
-            if not exists:
-                c.execute(sa.text(f'CREATE DATABASE "{admin._ident(name or "")}" ENCODING \'UTF8\' '
-                                  "TEMPLATE template0"))
-                click.echo(f"created database {name}")
+        if admin.create_database(adm, name or ""):
+            click.echo(f"created database {name}")
         adm.dispose()
     _reachable(engine, shown)
     if admin.is_initialised(engine):

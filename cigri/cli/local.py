@@ -485,13 +485,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not Path(str(conf.get("DATABASE_PATH"))).exists() or not is_initialised(engine):
         print("No campaign yet.")
         return 0
-    import sqlalchemy as sa
-
-    from cigri.db.schema import campaigns
-
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(campaigns.c.id).order_by(campaigns.c.id.desc()).limit(args.last)).all()
-        for (cid,) in reversed(rows):
+        for cid in reversed(dblocal.latest_campaign_ids(conn, args.last)):
             p = dblocal.progress(conn, cid)
             print(f"  {cid:>5} {p['name'][:30]:<30} {p['state']:<13} {p['done']}/{p['total']} done, "
                   f"{p['running']} running, {p['open_events']} open events")

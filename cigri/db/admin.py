@@ -37,6 +37,21 @@ def run_sql_script(engine: Engine, text: str) -> None:
         raw.close()
 
 
+def ping(engine: Engine) -> None:
+    """A round trip to the database (raises SQLAlchemyError if it cannot be reached)."""
+    with engine.connect() as c:
+        c.execute(sa.text("SELECT 1"))
+
+
+def create_database(server: Engine, name: str) -> bool:
+    """CREATE DATABASE `name` (UTF-8) on a PostgreSQL server unless it exists; True if created."""
+    with server.connect() as c:
+        if c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+            return False
+        c.execute(sa.text(f'CREATE DATABASE "{_ident(name)}" ENCODING \'UTF8\' TEMPLATE template0'))
+    return True
+
+
 def is_initialised(engine: Engine) -> bool:
     return sa.inspect(engine).has_table("campaigns")
 

@@ -30,7 +30,7 @@ from cigri.db.schema import (
     parameters,
     users_mapping,
 )
-from cigri.errors import NotFound, Unauthorized
+from cigri.errors import NotFound
 from cigri.states import ACTIVE_JOB_STATES
 
 LISTED_CAMPAIGN_STATES = ("in_treatment", "paused")
@@ -122,23 +122,12 @@ def get_campaign(conn: Connection, campaign_id: int) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def require_campaign(conn: Connection, campaign_id: int, user: str | None = None,
-                     admins: Iterable[str] = ("root",)) -> dict[str, Any]:
-    """The campaign, or NotFound; with `user`, Unauthorized unless owner or admin."""
-    c = get_campaign(conn, campaign_id)
-    if c is None:
-        raise NotFound(f"Campaign {campaign_id} not found")
-    if user is not None and c["grid_user"] != user and user not in set(admins):
-        raise Unauthorized(f"Campaign {campaign_id} does not belong to {user}")
-    return c
-
-
 def list_campaigns(conn: Connection, states: Sequence[str] = LISTED_CAMPAIGN_STATES, user: str | None = None,
                    limit: int | None = None, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """Campaign rows (without the JDL, which may be megabytes) and the total count."""
     cols = [campaigns.c.id, campaigns.c.name, campaigns.c.grid_user, campaigns.c.state,
             campaigns.c.submission_time, campaigns.c.nb_jobs]
-    cond = [campaigns.c.state.in_(list(states))]
+    cond: list[sa.ColumnElement[bool]] = [campaigns.c.state.in_(list(states))]
     if user:
         cond.append(campaigns.c.grid_user == user)
     q = sa.select(*cols).where(*cond).order_by(campaigns.c.id).offset(offset)
@@ -162,8 +151,10 @@ def finished_counts(conn: Connection, camps: Sequence[dict[str, Any]],
     for c in camps:
         if (c.get("nb_jobs") or 0) >= CACHE_MIN_JOBS:
             cid = int(c["id"])
-            out[cid] = _cache.compute(("finished", cid), lambda cn, cid=cid: _count_finished(cn, [cid]).get(cid, 0),
-                                      conn.engine)
+            def count(cn: Connection, cid: int = cid) -> int:
+                return _count_finished(cn, [cid]).get(cid, 0)
+
+            out[cid] = _cache.compute(("finished", cid), count, conn.engine)
     if len(small) > 500 and states:
         # many campaigns (the public list): one join instead of huge IN lists
         q = (sa.select(jobs.c.campaign_id, sa.func.count())
@@ -302,12 +293,12 @@ def campaign_summary(conn: Connection, campaign: dict[str, Any],
     return compute(conn)
 
 
-def campaign_jdl(conn: Connection, campaign_id: int) -> Any:
-    c = require_campaign(conn, campaign_id)
+def stored_jdl(campaign: dict[str, Any]) -> Any:
+    """The campaign's stored JDL, parsed (as text if it is not JSON: a CiGri3-era row)."""
     try:
-        return json.loads(c["jdl"] or "{}")
+        return json.loads(campaign["jdl"] or "{}")
     except ValueError:
-        return c["jdl"]
+        return campaign["jdl"]
 
 
 # ------------------------------------------------------------------ statistics (§11.4)
@@ -421,7 +412,7 @@ def _expand_tasks(conn: Connection, params: Sequence[Any], names: dict[int, str]
     q = (sa.select(bag_of_tasks.c.param_id, jobs_to_launch.c.cluster_id)
          .select_from(bag_of_tasks.join(jobs_to_launch, jobs_to_launch.c.task_id == bag_of_tasks.c.id))
          .where(bag_of_tasks.c.param_id.in_(ids)))
-    queued = {int(p): int(c) for p, c in conn.execute(q)}
+    queued = {int(r[0]): int(r[1]) for r in conn.execute(q)}
     items: list[dict[str, Any]] = []
     for p in params:
         pid = int(p.id)
@@ -567,7 +558,7 @@ def cluster_representation(conn: Connection, cluster_id: int, threshold: float) 
     from cigri.clusters.base import ClusterInfo
     from cigri.db.events import cluster_blacklisted
 
-    info = ClusterInfo.from_row(r)
+    info = ClusterInfo.from_row(dict(r))
     d = {k: v for k, v in dict(r).items() if k not in ("api_username", "api_password")}
     d["api_auth_header"] = info.api_auth_header
     sf = float(d.get("stress_factor") or 0.0)

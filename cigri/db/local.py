@@ -58,3 +58,9 @@ def progress(conn: Connection, campaign_id: int) -> dict[str, Any]:
         "failed": by_state.get("event", 0), "pending": int(pending), "jobs": by_state,
         "open_events": int(n_events), "events": ev,
     }
+
+
+def latest_campaign_ids(conn: Connection, n: int) -> list[int]:
+    """The ids of the `n` most recent campaigns, newest first."""
+    q = sa.select(campaigns.c.id).order_by(campaigns.c.id.desc()).limit(n)
+    return [int(r[0]) for r in conn.execute(q)]

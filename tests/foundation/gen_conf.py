@@ -13,6 +13,9 @@ from cigri.config import VARIABLES
 ROOT = Path(__file__).resolve().parents[2]
 
 DOCS = {
+    "API_MAX_BODY_SIZE": "largest request body (bytes) the API reads: a JDL with its params, or tasks added to a\n"
+                         "campaign; bigger ones get 413 (other bodies: 64 KiB). 256 MiB holds about 3 million\n"
+                         "parameter lines of 80 characters; add more with `gridsub -c ID -F FILE`.",
     "DATABASE_TYPE": "PostgreSQL (production) or SQLite (embedded single-machine mode)",
     "DATABASE_HOST": "PostgreSQL host", "DATABASE_PORT": "PostgreSQL port",
     "DATABASE_NAME": "database name (CiGri3 production convention: cigri3)",
@@ -71,7 +74,7 @@ def render() -> str:
             out += ["", "#" + "-" * 20 + " " + HEADS[name]]
         doc = DOCS.get(name) or var.doc
         if doc:
-            out.append(f"# {doc}")
+            out += [f"# {line}" for line in doc.splitlines()]
         value = ("1" if var.default else "0") if isinstance(var.default, bool) else str(var.default)
         out.append(f'{name} = "{value}"')
     return "\n".join(out) + "\n"
