@@ -175,7 +175,7 @@ def direct_limit(adapter: Any, exec_file: str, params: list[str], wait_done: boo
             except ClusterAPIError as e:  # a slow API on a loaded machine: ask again
                 print(f"  (direct run: {e})", file=sys.stderr)
                 continue
-            pending -= {i for i, r in got.items() if r.state in ("Terminated", "Error")}
+            pending -= {i for i, r in got.items() if r.outcome.ended}
             if pending:
                 time.sleep(0.5)
     return len(params) / (time.monotonic() - t0)

@@ -47,7 +47,7 @@ def limit(n: int, cores: int, work: Path, files: bool = False) -> float:
 
 
 def adapter_only(n: int, cores: int, work: Path) -> float:
-    from cigri.clusters.base import ClusterInfo, JobRequest
+    from cigri.clusters.base import ClusterInfo, JobRequest, Outcome
     from cigri.clusters.local import LocalAdapter
     from cigri.config import Conf
 
@@ -62,11 +62,12 @@ def adapter_only(n: int, cores: int, work: Path) -> float:
     pending = list(ids)
     while pending:  # poll like a runner: in chunks, the oldest first
         got = a.get_jobs(pending[:1000])
-        pending = [i for i in pending if i not in got or got[i].state not in ("Terminated", "Error")]
+        pending = [i for i in pending if i not in got or got[i].outcome.live]
         if pending:
             time.sleep(0.2)
     el = time.monotonic() - t
-    bad = [j for j in a.get_jobs(ids).values() if j.state != "Terminated" or j.exit_code != 0]
+    bad = [j for j in a.get_jobs(ids).values()
+           if not (j.outcome is Outcome.DONE and j.exit is not None and j.exit.ok)]
     assert not bad, f"{len(bad)} tasks failed"
     a.store.stop_executor()
     return el

@@ -111,7 +111,7 @@ def main() -> int:
         jobs = adapter.get_jobs(polled)
         t_bulk = time.perf_counter() - t0
         bulk_calls = adapter.http.calls
-        assert len(jobs) == n and all(j.state == "Hold" for j in jobs.values()), "unexpected states"
+        assert len(jobs) == n and all(j.raw_state == "Hold" for j in jobs.values()), "unexpected states"
         sample = polled[: args.one_by_one]
         adapter.http.calls = 0
         t0 = time.perf_counter()

@@ -194,7 +194,7 @@ def _test_submit(cluster_name: str, path: str | None, user: str) -> None:
     try:
         ids = adapter.submit(req, user)
         click.echo(f"Id: {ids[0]}")
-        click.echo(f"State: {adapter.get_job(ids[0], user).state}")
+        click.echo(f"State: {adapter.get_job(ids[0], user).raw_state}")
     except ClusterAPIError as e:
         raise CliError(f"Submission failed on {cluster_name}: {e.message}") from None
     finally:

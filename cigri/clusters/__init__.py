@@ -10,7 +10,9 @@ from cigri.clusters.base import (  # noqa: F401 - re-exported interface
     ClusterAdapter,
     ClusterAPIError,
     ClusterInfo,
+    ExitStatus,
     JobRequest,
+    Outcome,
     RemoteJob,
 )
 

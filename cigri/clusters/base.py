@@ -1,15 +1,19 @@
-"""The one interface between CiGri and a batch scheduler, and its typed errors.
+"""The one interface between CiGri and a batch scheduler: what CiGri asks (`JobRequest`),
+what an adapter reports (`RemoteJob` with a neutral `Outcome` and `ExitStatus`), and the
+typed errors of a call.
 
-An adapter never touches the database: it talks to one cluster and raises a
-`ClusterAPIError` whose `code` and `event_open` say which CiGri event (spec §8.5)
-the caller records. Adding a batch type = one module implementing `ClusterAdapter`
-registered in `cigri.clusters.ADAPTERS`."""
+An adapter never touches the database: it talks to one cluster, translates the batch
+system's states and events into CiGri's outcomes with its own table, and raises a
+`ClusterAPIError` whose `code` and `event_open` say which CiGri event the caller records.
+Adding a batch type = one module implementing `ClusterAdapter` registered in
+`cigri.clusters.ADAPTERS`."""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from cigri.errors import CigriError
@@ -89,7 +93,7 @@ class ClusterConfigError(ClusterAPIError):
 
 @dataclass
 class ClusterInfo:
-    """A `clusters` row, normalised as CiGri3 does at load time (spec §8.1)."""
+    """A `clusters` row, normalised as CiGri3 does at load time."""
 
     id: int
     name: str
@@ -145,17 +149,99 @@ class JobRequest:
     stderr: str | None = None
 
 
+class Outcome(StrEnum):
+    """Where a job stands, in CiGri's words. Each adapter translates its batch system's
+    states and events into one of these (its translation table lives in its module), so
+    that the runner, colombo and the analysis of ended jobs never read a batch system's
+    vocabulary. The first three are live; every other one means this attempt has ended."""
+
+    WAITING = "waiting"  # queued on the cluster, not started
+    HELD = "held"  # on the cluster, neither queued to run nor running (hold, suspended, in transition)
+    RUNNING = "running"  # started (including launching and finishing)
+    DONE = "done"  # ran to its end by itself; `exit` says how it exited
+    FAILED_TO_START = "failed_to_start"  # its command never ran (working directory, launch failure)
+    PREEMPTED = "preempted"  # killed to give its resources to other work (best-effort kill)
+    WALLTIME = "walltime"  # killed when it reached its walltime
+    KILLED = "killed"  # killed on request (CiGri, the user or an admin deleted it)
+    LOST = "lost"  # killed by a failure of the cluster (node failure, exterminated, executor lost)
+    REQUEUED = "requeued"  # the batch system ended this attempt and runs the task again as `new_id`
+    ERROR = "error"  # ended for a reason the adapter cannot name (see `reason`/`detail`)
+
+    @property
+    def live(self) -> bool:
+        return self in LIVE_OUTCOMES
+
+    @property
+    def ended(self) -> bool:
+        return self not in LIVE_OUTCOMES
+
+
+LIVE_OUTCOMES = frozenset({Outcome.WAITING, Outcome.HELD, Outcome.RUNNING})
+#: the ends that are not the task's fault: the cluster took the job away (CiGri resubmits it)
+KILL_OUTCOMES = frozenset({Outcome.PREEMPTED, Outcome.WALLTIME, Outcome.KILLED, Outcome.LOST})
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a job's process ended: `code` (0-255) when it exited, `signal` when a signal
+    killed it. Batch systems report a raw wait status (exit 3 -> 768): adapters decode it
+    with `from_wait_status`; CiGri stores and shows the wait status (`jobs.return_code`,
+    event messages), as CiGri3 did (docs/compat.md)."""
+
+    code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        if status < 0:  # not a wait status: keep it as the code CiGri shows
+            return cls(code=status)
+        sig = status & 0x7F
+        return cls(signal=sig) if sig else cls(code=(status >> 8) & 0xFF)
+
+    @classmethod
+    def exited(cls, code: int) -> ExitStatus:
+        return cls(code=code)
+
+    @classmethod
+    def killed_by(cls, signal: int) -> ExitStatus:
+        return cls(signal=signal)
+
+    @property
+    def wait_status(self) -> int:
+        """The POSIX wait status (what OAR reports and `jobs.return_code` holds)."""
+        if self.signal:
+            return self.signal
+        code = self.code or 0
+        return code << 8 if 0 <= code <= 255 else code
+
+    @property
+    def ok(self) -> bool:
+        return not self.signal and self.code == 0
+
+    def __str__(self) -> str:
+        return f"signal {self.signal}" if self.signal else f"exit code {self.code}"
+
+
 @dataclass
 class RemoteJob:
-    """A job as the cluster reports it (OAR vocabulary, Appendix A)."""
+    """A job as its cluster reports it, translated by the adapter: `outcome` is what CiGri
+    decides on; `raw_state` and `reason`/`detail` keep the batch system's own words for
+    display only (never parse them outside the adapter)."""
 
     id: int
-    state: str
-    exit_code: int | None = None  # raw wait status (exit 3 -> 768)
+    outcome: Outcome
+    raw_state: str = ""  # the batch system's state word (OAR "Terminated", Slurm "PREEMPTED", ...)
+    exit: ExitStatus | None = None  # None while live or when the batch system does not say
+    #: the job that runs the task again (REQUEUED); may be `id` itself for a same-id requeue
+    new_id: int | None = None
+    #: how many times the batch system put this job back in its queue itself, keeping its id
+    #: (Slurm's REQUEUE preemption): a running job seen waiting again with more requeues
+    requeues: int = 0
+    reason: str = ""  # short batch-system words for the end (event types, state reason)
+    detail: str = ""  # the batch system's full explanation (event descriptions), for messages
     start_time: int | None = None  # epoch
     stop_time: int | None = None
-    submission_time: int | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
+    submission_time: int | None = None  # the cluster's clock: CiGri uses its own (jobs.submission_time)
     launching_directory: str | None = None
     stdout_file: str | None = None
     stderr_file: str | None = None
@@ -169,8 +255,13 @@ class RemoteJob:
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def event_types(self) -> list[str]:
-        return [str(e.get("type", "")) for e in self.events]
+    def failed(self) -> bool:
+        """Ended and not a plain success (exit code 0, or no code reported)."""
+        if self.outcome.live:
+            return False
+        if self.outcome is not Outcome.DONE:
+            return True
+        return self.exit is not None and not self.exit.ok
 
     def output_path(self, which: str = "stderr") -> str | None:
         name = self.stderr_file if which == "stderr" else self.stdout_file

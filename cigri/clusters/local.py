@@ -1,5 +1,6 @@
 """The `local` batch type: jobs run on this machine by the local executor
-(`cigri.localexec`), reported in OAR's vocabulary so the engine needs no special case.
+(`cigri.localexec`). `local_outcome` translates the executor's records into CiGri's
+outcomes, as every adapter does for its batch system.
 
 The state directory is the path of the cluster's api_url (`local:///path`), else
 LOCAL_STATE_DIR, else `<user data dir>/local`. Jobs run as the local user (the one
@@ -21,10 +22,12 @@ from cigri.clusters.base import (
     ClusterAPIForbidden,
     ClusterAPINotFound,
     ClusterAPIServerError,
+    ExitStatus,
     JobRequest,
+    Outcome,
     RemoteJob,
 )
-from cigri.localexec.store import Record, Store, expand_dir, now, parse_resources, parse_walltime
+from cigri.localexec.store import LOST_EVENT, Record, Store, expand_dir, now, parse_resources, parse_walltime
 
 
 def state_dir_for(api_url: str | None, conf: Any = None) -> Path:
@@ -46,11 +49,40 @@ def local_cores(conf: Any = None) -> int:
     return n if n > 0 else (os.cpu_count() or 1)
 
 
+#: the executor's states of a task that has not ended
+LOCAL_LIVE_STATES = {"Waiting": Outcome.WAITING, "Running": Outcome.RUNNING}
+#: why the executor ended a task (the `type` of the one event of an `Error` record)
+LOCAL_END_REASONS = {
+    "BESTEFFORT_KILL": Outcome.PREEMPTED,
+    "WALLTIME": Outcome.WALLTIME,
+    "FRAG_JOB_REQUEST": Outcome.KILLED,
+    "WORKING_DIRECTORY": Outcome.FAILED_TO_START,
+    LOST_EVENT: Outcome.LOST,  # its shepherd died with it
+}
+
+
+def local_outcome(rec: Record) -> tuple[Outcome, ExitStatus | None]:
+    """(outcome, exit status) of an executor record. Its `exit_code` is a wait status."""
+    code = rec.get("exit_code")
+    exit_ = ExitStatus.from_wait_status(int(code)) if code is not None else None
+    state = rec.get("state")
+    if state in LOCAL_LIVE_STATES:
+        return LOCAL_LIVE_STATES[state], exit_
+    if state == "Terminated":
+        return Outcome.DONE, exit_
+    reasons = [str(e.get("type", "")) for e in rec.get("events") or [] if isinstance(e, dict)]
+    return next((LOCAL_END_REASONS[r] for r in reasons if r in LOCAL_END_REASONS), Outcome.ERROR), exit_
+
+
 def _to_remote(rec: Record) -> RemoteJob:
+    outcome, exit_ = local_outcome(rec)
+    events = [e for e in rec.get("events") or [] if isinstance(e, dict)]
     return RemoteJob(
-        id=int(rec["id"]), state=rec["state"], exit_code=rec.get("exit_code"),
+        id=int(rec["id"]), outcome=outcome, raw_state=str(rec.get("state") or ""), exit=exit_,
+        reason=",".join(str(e.get("type", "")) for e in events) or str(rec.get("state") or ""),
+        detail="; ".join(f"{e.get('type')}: {e.get('description', '')}" for e in events),
         start_time=rec.get("start_time"), stop_time=rec.get("stop_time"),
-        submission_time=rec.get("submission_time"), events=list(rec.get("events") or []),
+        submission_time=rec.get("submission_time"),
         launching_directory=rec.get("launching_directory"), stdout_file=rec.get("stdout_file"),
         stderr_file=rec.get("stderr_file"), command=rec.get("command"), owner=rec.get("owner"),
         array_id=rec.get("array_id"), array_index=rec.get("array_index"), queue=rec.get("queue"),

@@ -13,7 +13,10 @@ Facts of OAR 2.5.9 this module relies on (tools/oar-testbed, /work/shared/oar/oa
 - the POST answer lists every sub-job as `OAR_JOB_ID=<id>` lines in parameter order; the
   listing fallback (`jobs/details?array=`) is ordered by id and checked against the exact
   command tail (no substring matching, fixes §15.2 #16);
-- `exit_code` is the raw wait status; JSON is UTF-8 even though OAR says ISO-8859-1."""
+- `exit_code` is the raw wait status; JSON is UTF-8 even though OAR says ISO-8859-1.
+
+`oar_outcome` is the translation table from OAR's states and job events to CiGri's
+outcomes (shared by the OAR 3 adapter): nothing outside the OAR adapters reads OAR's words."""
 
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ from cigri.clusters.base import (
     ClusterAPIBadRequest,
     ClusterAPIError,
     ClusterAPINotFound,
+    ExitStatus,
     JobRequest,
+    Outcome,
     RemoteJob,
 )
 from cigri.clusters.http import ADMIN, RestSession
@@ -39,6 +44,69 @@ _JOB_ID_LINE = re.compile(r"^OAR_JOB_ID=(\d+)\s*$", re.M)
 _PROPERTY_PAIR = re.compile(r"""([A-Za-z_][\w.]*)\s*=\s*(?:'([^']*)'|"([^"]*)"|([^\s'")]+))""")
 _ALREADY_DONE = re.compile(r"already killed|already finished|is not running|not in a right state|"
                            r"been deleted|Terminated|Error state", re.I)
+
+
+# ----------------------------------------------------------------------------- translation
+
+#: OAR job states of a job that has not ended
+OAR_LIVE_STATES: dict[str, Outcome] = {
+    "Waiting": Outcome.WAITING,
+    "Hold": Outcome.HELD, "toLaunch": Outcome.HELD, "toAckReservation": Outcome.HELD,
+    "Suspended": Outcome.HELD, "Resuming": Outcome.HELD, "toError": Outcome.HELD,
+    "Launching": Outcome.RUNNING, "Running": Outcome.RUNNING, "Finishing": Outcome.RUNNING,
+}
+OAR_ENDED_STATES = ("Terminated", "Error")
+#: OAR job events that say the cluster killed the job; the first one listed explains the end,
+#: whatever the order OAR lists the events in
+OAR_KILL_EVENTS: dict[str, Outcome] = {
+    "BESTEFFORT_KILL": Outcome.PREEMPTED,
+    "WALLTIME": Outcome.WALLTIME,
+    "EXTERMINATE": Outcome.LOST,
+}
+#: other events that explain an end; the first one listed wins
+OAR_END_EVENTS: dict[str, Outcome] = {
+    "FRAG_JOB_REQUEST": Outcome.KILLED,  # oardel (CiGri's kill, the user's or an admin's)
+    "WORKING_DIRECTORY": Outcome.FAILED_TO_START,
+    "RESUBMIT_JOB_AUTOMATICALLY": Outcome.REQUEUED,
+}
+_NEW_ID = re.compile(r"new id\s*=\s*(\d+)")
+_ANY_ID = re.compile(r"(\d+)\)")
+
+
+def oar_outcome(state: str, exit_code: int | None,
+                events: Sequence[dict[str, Any]]) -> tuple[Outcome, ExitStatus | None, int | None]:
+    """(outcome, exit status, new job id) of an OAR job. A job `Terminated` with exit 0 (or
+    none) is done whatever its events; a job that failed is explained by its first kill
+    event, else by its first event that names an end, else it is done with its exit code
+    (`Terminated`) or an unexplained error (`Error`)."""
+    exit_ = ExitStatus.from_wait_status(exit_code) if exit_code is not None else None
+    if state not in OAR_ENDED_STATES:
+        return OAR_LIVE_STATES.get(state, Outcome.HELD), exit_, None
+    failed = state == "Error" or (exit_code or 0) > 0
+    if not failed:
+        return Outcome.DONE, exit_, None
+    types = [str(e.get("type", "")) for e in events]
+    kill = next((OAR_KILL_EVENTS[t] for t in types if t in OAR_KILL_EVENTS), None)
+    if kill is not None:
+        return kill, exit_, None
+    for ev, t in zip(events, types, strict=True):
+        end = OAR_END_EVENTS.get(t)
+        if end is Outcome.REQUEUED:
+            desc = str(ev.get("description", ""))
+            m = _NEW_ID.search(desc) or _ANY_ID.search(desc)
+            if m is None:
+                break  # resubmitted, but OAR does not say as which job: unexplained
+            return end, exit_, int(m.group(1))
+        if end is not None:
+            return end, exit_, None
+    return (Outcome.DONE if state == "Terminated" else Outcome.ERROR), exit_, None
+
+
+def _describe(events: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """(reason, detail) of an OAR job: its event types, and each with its description."""
+    reason = ",".join(str(e.get("type", "")) for e in events)
+    detail = "; ".join(f"{e.get('type')}: {e.get('description', '')}" for e in events)
+    return reason, detail
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -280,7 +348,7 @@ class Oar25Adapter(ClusterAdapter):
         path, params = self._running_query()
         items = self.http.get_collection(path, params=params, user=ADMIN, default_code="GET_JOBS",
                                          style=self.style, identity_required=self._admin_required())
-        return [j for j in (self.to_remote_job(i) for i in items) if j.state == "Running"]
+        return [j for j in (self.to_remote_job(i) for i in items) if j.raw_state == "Running"]
 
     def get_stress_factor(self) -> float:
         """GLOBAL_STRESS as a float. Raises ClusterAPIError with code GET_STRESS_FACTOR (or the
@@ -311,11 +379,14 @@ class Oar25Adapter(ClusterAdapter):
             if e.get("type") == "WORKING_DIRECTOR":  # OAR 3 typo (job_handling.py)
                 e["type"] = "WORKING_DIRECTORY"
         resources = [r for r in data.get("resources") or [] if isinstance(r, dict)]
+        state = str(data.get("state") or "")
+        outcome, exit_, new_id = oar_outcome(state, _int_or_none(data.get("exit_code")), events)
+        reason, detail = _describe(events)
         return RemoteJob(
-            id=int(data["id"]), state=str(data.get("state") or ""),
-            exit_code=_int_or_none(data.get("exit_code")),
+            id=int(data["id"]), outcome=outcome, raw_state=state, exit=exit_, new_id=new_id,
+            reason=reason or state, detail=detail,
             start_time=_epoch(data.get("start_time")), stop_time=_epoch(data.get("stop_time")),
-            submission_time=_epoch(data.get("submission_time")), events=events,
+            submission_time=_epoch(data.get("submission_time")),
             launching_directory=data.get("launching_directory"),
             stdout_file=data.get("stdout_file"), stderr_file=data.get("stderr_file"),
             command=data.get("command"), owner=data.get("owner", data.get("user")),

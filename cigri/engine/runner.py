@@ -31,7 +31,9 @@ from cigri.clusters.base import (
     ClusterAPITimeout,
     ClusterAPITooLarge,
     ClusterInfo,
+    ExitStatus,
     JobRequest,
+    Outcome,
     RemoteJob,
     TokenNotFound,
 )
@@ -45,6 +47,7 @@ from cigri.db.jobs import decrease_affinity, new_batch_id
 from cigri.db.schema import now
 from cigri.engine.analysis import Analysis, analyze_remote_job
 from cigri.errors import NotFound
+from cigri.event_codes import KILL_CAUSE_WORDS
 
 log = logging.getLogger("cigri.runner")
 
@@ -338,7 +341,6 @@ class Runner:
                         break
                     updates.append(_Update(j, "event", event=(code, f"Could not get job {j.remote_id}: {e}")))
                     continue
-            state = (r.state or "").lower()
             if j.tag == "batch":
                 u = self._batch_update(j, r, tail_n)
                 if u is None:
@@ -346,27 +348,26 @@ class Runner:
                     continue
                 if u.new_state != j.state or u.values:
                     updates.append(u)
-                if "waiting" in state:
+                if r.outcome is Outcome.WAITING:
                     closed.add(j.campaign_id)
                 continue
-            if "terminated" in state or "error" in state:
-                values = {"stop_time": _epoch(r.stop_time) or t_now}
+            if r.outcome.ended:
+                values: dict[str, Any] = {"stop_time": _epoch(r.stop_time) or t_now}
                 if r.start_time and j.start_time is None:
-                    values["start_time"] = _epoch(r.start_time)  # spec §15.2 #17
-                if r.exit_code is not None:
-                    values["return_code"] = r.exit_code
-                if "error" in state or (r.exit_code or 0) > 0:
-                    an = analyze_remote_job(j.tag, j.id, r, lambda rj, u=j.grid_user: self._tail(rj, u, tail_n),
-                                            tail_n)
+                    values["start_time"] = _epoch(r.start_time)  # CiGri3 left it empty for fast jobs
+                if r.exit is not None:
+                    values["return_code"] = r.exit.wait_status
+                if r.failed:
+                    an = analyze_remote_job(j.tag, j.id, r, self._tailer(j.grid_user, tail_n), tail_n)
                     updates.append(_Update(j, an.job_state, values if an.job_state == "event" else {}, an))
                     if not an.resubmits:
                         closed.add(j.campaign_id)
                 else:
                     updates.append(_Update(j, "terminated", values))
-            elif any(s in state for s in ("running", "finishing", "launching")):
+            elif r.outcome is Outcome.RUNNING:
                 if j.state != "running" or j.start_time is None:
                     updates.append(_Update(j, "running", {"start_time": _epoch(r.start_time) or t_now}))
-            elif "waiting" in state:
+            elif r.outcome is Outcome.WAITING:
                 if j.state != "remote_waiting":
                     updates.append(_Update(j, "remote_waiting"))
                 # freshly submitted jobs wait until OAR's scheduler runs: only jobs waiting
@@ -397,6 +398,9 @@ class Runner:
                 else:
                     dbtaps.open_tap(conn, tap)
         return closed
+
+    def _tailer(self, user: str, n: int) -> Callable[[RemoteJob], str]:
+        return lambda r: self._tail(r, user, n)
 
     def _tail(self, r: RemoteJob, user: str, n: int) -> str:
         path = r.output_path("stderr")
@@ -431,30 +435,28 @@ class Runner:
         return out
 
     def _batch_update(self, j: db.RunnerJob, r: RemoteJob, tail_n: int) -> _Update | None:
-        state = (r.state or "").lower()
-        ended = "terminated" in state or "error" in state
-        if not ended and not any(s in state for s in ("running", "finishing", "launching")):
-            return _Update(j, "remote_waiting" if "waiting" in state else j.state)
+        """A sub-job of a grouped cluster job: its own state file says where it stands."""
+        if r.outcome in (Outcome.WAITING, Outcome.HELD):
+            return _Update(j, "remote_waiting" if r.outcome is Outcome.WAITING else j.state)
         sub = self._subjob(j, r)
         if sub is None:
             return None
         if sub["state"] == "finished" and "ret" in sub:
-            ec = sub["ret"] << 8  # a wait status, as OAR reports: 66/67 work for sub-jobs (spec §15.2 #2)
+            ex = ExitStatus.exited(sub["ret"])  # 66/67 work for sub-jobs too (CiGri3 forgot them)
             values = {"start_time": _epoch(sub.get("start")), "stop_time": _epoch(sub.get("stop")),
-                      "return_code": ec}
-            if ec > 0:
-                pseudo = RemoteJob(id=r.id, state="finished", exit_code=ec, events=[],
+                      "return_code": ex.wait_status}
+            if not ex.ok:
+                pseudo = RemoteJob(id=r.id, outcome=Outcome.DONE, raw_state=r.raw_state, exit=ex,
                                    launching_directory=r.launching_directory,
                                    stderr_file=f"cigri_batch_stderr_{j.id}")
-                an = analyze_remote_job(j.tag, j.id, pseudo,
-                                        lambda rj, u=j.grid_user: self._tail(rj, u, tail_n), tail_n)
+                an = analyze_remote_job(j.tag, j.id, pseudo, self._tailer(j.grid_user, tail_n), tail_n)
                 return _Update(j, "event", values, an)
             return _Update(j, "terminated", values)
-        if ended:
-            # the OAR job is over but this sub-job never finished: resubmit it (spec §15.2 #2)
-            cause = ",".join(r.event_types) or r.state
-            an = Analysis("RESUBMIT", f"Resubmit cause: batch job {r.id} ended ({cause}) before this sub-job "
-                                      f"{'finished' if sub['state'] == 'running' else 'started'}")
+        if r.outcome.ended:
+            # the cluster job is over but this sub-job never finished: resubmit it
+            an = Analysis("RESUBMIT", f"Resubmit cause: batch job {r.id} ended ({r.reason or r.raw_state}) "
+                                      f"before this sub-job {'finished' if sub['state'] == 'running' else 'started'}",
+                          kill_cause=r.outcome if r.outcome in KILL_CAUSE_WORDS else None)
             return _Update(j, "event", {"stop_time": _epoch(r.stop_time) or now()}, an)
         if sub["state"] == "running":
             return _Update(j, "running", {"start_time": _epoch(sub.get("start"))} if j.start_time is None else {})

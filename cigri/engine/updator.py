@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cigri.clusters import get_adapter
-from cigri.clusters.base import ClusterAPIError, ClusterInfo
+from cigri.clusters.base import ClusterAPIError, ClusterInfo, Outcome, RemoteJob
 from cigri.config import Conf, get_conf
 from cigri.db import campaign_state
 from cigri.db import events as eventsdb
@@ -92,7 +92,7 @@ def _available(res: dict[str, Any], t: float) -> bool:
         return False
 
 
-def compute_usage(cluster: ClusterInfo, resources: list[dict[str, Any]], running: list[Any],
+def compute_usage(cluster: ClusterInfo, resources: list[dict[str, Any]], running: list[RemoteJob],
                   cigri_ids: set[int]) -> tuple[int, int, int, int]:
     """(max, used, unavailable, used_by_cigri) in distinct `resource_unit` units."""
     unit_key = cluster.resource_unit or "resource_id"
@@ -109,9 +109,9 @@ def compute_usage(cluster: ClusterInfo, resources: list[dict[str, Any]], running
     used: set[Any] = set()
     by_cigri: set[Any] = set()
     for job in running:
-        if "Running" not in str(getattr(job, "state", "")):
+        if job.outcome is not Outcome.RUNNING:
             continue
-        for res in getattr(job, "resources", None) or []:
+        for res in job.resources:
             rid = res.get("id", res.get("resource_id")) if isinstance(res, dict) else res
             if rid not in unit_of:
                 continue  # resource of another logical cluster

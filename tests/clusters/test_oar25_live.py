@@ -20,7 +20,9 @@ from cigri.clusters.base import (
     ClusterAPINotFound,
     ClusterAPIPermissionDenied,
     ClusterInfo,
+    ExitStatus,
     JobRequest,
+    Outcome,
     RemoteJob,
 )
 from tests.oar_testbed import requires_oar, set_stress, testbed_api, wait_for
@@ -64,7 +66,7 @@ def wait_job(a: Any, rid: int, states: tuple[str, ...] = FINAL, deadline: float 
             j = a.get_job(rid, "alice")
         except ClusterAPIConnectionError:  # another test may stop this API for a moment
             return None
-        return j if j.state in states else None
+        return j if j.raw_state in states else None
     return wait_for(probe, deadline=deadline, interval=1.0, what=f"job {rid} on {a.cluster.name} in {states}")
 
 
@@ -91,12 +93,12 @@ def work() -> dict[str, Any]:
 def test_array_ids_match_parameter_lines_exactly(work: dict[str, Any]) -> None:
     a, ids = work["c2"], work["array"]
     assert len(ids) == len(PARAMS) and len(set(ids)) == len(ids)
-    jobs = wait_for(lambda: (lambda js: js if all(js[i].state in FINAL for i in ids) else None)(a.get_jobs(ids)),
+    jobs = wait_for(lambda: (lambda js: js if all(js[i].raw_state in FINAL for i in ids) else None)(a.get_jobs(ids)),
                     deadline=DEADLINE, what="array jobs finished")
     for rid, line in zip(ids, PARAMS, strict=True):
         j = jobs[rid]
         assert j.command == f"{work['dir']}/args.sh {line}", (rid, line, j.command)
-        assert (j.state, j.exit_code) == ("Terminated", 0), (line, j.state, j.exit_code, j.event_types)
+        assert (j.raw_state, j.outcome, j.exit) == ("Terminated", Outcome.DONE, ExitStatus(code=0)), (line, j)
         got = a.get_file(f"{work['dir']}/args.{rid}", "alice")
         assert got == expected_args(line), (line, got)
 
@@ -110,7 +112,7 @@ def test_states_waiting_running_terminated() -> None:
     end = time.monotonic() + DEADLINE
     while time.monotonic() < end:
         try:
-            st = a.get_job(rid, "alice").state
+            st = a.get_job(rid, "alice").raw_state
         except ClusterAPIConnectionError:  # another test may stop this API for a moment
             time.sleep(1)
             continue
@@ -122,14 +124,16 @@ def test_states_waiting_running_terminated() -> None:
     assert seen[-1] == "Terminated" and "Running" in seen, seen
     assert [order.index(s) for s in seen] == sorted(order.index(s) for s in seen), seen
     j = a.get_job(rid)
-    assert j.exit_code == 0 and j.start_time and j.stop_time and j.start_time <= j.stop_time
+    assert j.exit == ExitStatus(code=0) and j.outcome is Outcome.DONE
+    assert j.start_time and j.stop_time and j.start_time <= j.stop_time
     assert j.owner == "alice"
 
 
 def test_exit_code_is_wait_status_and_stderr_tail(work: dict[str, Any]) -> None:
     a = work["c2"]
     j = wait_job(a, work["exit3"])
-    assert (j.state, j.exit_code) == ("Terminated", 768)
+    assert (j.raw_state, j.outcome, j.exit) == ("Terminated", Outcome.DONE, ExitStatus(code=3))
+    assert j.exit.wait_status == 768
     path = j.output_path("stderr")
     assert path == f"{work['dir']}/contract.{j.id}.err"
     assert a.get_file(path, "alice", tail=1) == "err2\n"
@@ -140,7 +144,7 @@ def test_exit_code_is_wait_status_and_stderr_tail(work: dict[str, Any]) -> None:
 
 def test_walltime_kill(work: dict[str, Any]) -> None:
     j = wait_job(work["c2"], work["walltime"])
-    assert j.state == "Error" and "WALLTIME" in j.event_types, j.event_types
+    assert j.raw_state == "Error" and j.outcome is Outcome.WALLTIME, j
 
 
 def test_wrong_user_then_deletion(work: dict[str, Any]) -> None:
@@ -149,10 +153,10 @@ def test_wrong_user_then_deletion(work: dict[str, Any]) -> None:
     with pytest.raises(ClusterAPIBadRequest) as e:
         a.delete_job(rid, "bob")
     assert "not the right user" in str(e.value) and e.value.code == "CLUSTER_API_BAD_REQUEST_ERROR"
-    assert a.get_job(rid).state not in FINAL  # bob could not kill it
+    assert a.get_job(rid).outcome.live  # bob could not kill it
     a.delete_job(rid, "alice")
     j = wait_job(a, rid)
-    assert j.state == "Error" and "FRAG_JOB_REQUEST" in j.event_types
+    assert j.raw_state == "Error" and j.outcome is Outcome.KILLED, j
     a.delete_job(rid, "alice")  # already finished: not an error
 
 
@@ -165,9 +169,9 @@ def test_besteffort_job_killed_by_normal_job() -> None:
     normal = a.submit(JobRequest(command="true", resources="/core=1", walltime="00:05:00", property="core=8"),
                       "alice")[0]
     j = wait_job(a, be)
-    assert j.state == "Error" and "BESTEFFORT_KILL" in j.event_types, j.event_types
+    assert j.raw_state == "Error" and j.outcome is Outcome.PREEMPTED, j
     assert "besteffort" in j.types
-    assert wait_job(a, normal).state == "Terminated"
+    assert wait_job(a, normal).outcome is Outcome.DONE
 
 
 def test_resources_pagination_and_properties() -> None:
@@ -205,6 +209,6 @@ def test_running_jobs_and_check_api(work: dict[str, Any]) -> None:
     a = adapter("c3")
     assert a.check_api()
     running = a.get_running_jobs()
-    assert all(j.state == "Running" for j in running)
+    assert all(j.raw_state == "Running" and j.outcome is Outcome.RUNNING for j in running)
     assert all(j.resources for j in running)
     assert json.dumps([j.id for j in running])

@@ -21,7 +21,9 @@ from cigri.clusters.base import (
     ClusterAPIPermissionDenied,
     ClusterAPIServerError,
     ClusterInfo,
+    ExitStatus,
     JobRequest,
+    Outcome,
     TokenNotFound,
 )
 from tests.clusters.fakehttp import serve
@@ -193,7 +195,8 @@ def test_single_param_folded_and_bare_token_gets_bearer(oar3: Any) -> None:
     assert fake.posted[-1]["type"] == []
     assert srv.requests[-1][3]["Authorization"] == f"Bearer {token('bob')}"
     j = a.get_job(rid, "bob")
-    assert j.owner == "bob" and j.queue == "default" and j.exit_code is None and j.start_time is None
+    assert j.owner == "bob" and j.queue == "default" and j.exit is None and j.start_time is None
+    assert (j.outcome, j.raw_state) == (Outcome.WAITING, "Waiting")
 
 
 def test_bulk_status_details_job_ids_and_chunks(oar3: Any) -> None:
@@ -208,9 +211,10 @@ def test_bulk_status_details_job_ids_and_chunks(oar3: Any) -> None:
     assert len(gets) == 3  # api_chunk_size 2
     assert all(dict(r[2])["details"] == "1" for r in gets)
     assert [v for k, v in gets[0][2] if k == "job_ids"] == [str(ids[0]), str(ids[1])]
-    assert (jobs[ids[0]].state, jobs[ids[0]].exit_code, jobs[ids[0]].start_time) == ("Terminated", 768, 10)
-    assert jobs[ids[1]].event_types == ["WORKING_DIRECTORY"]  # OAR 3 typo normalised
-    assert jobs[ids[2]].exit_code is None  # field absent in OAR 3 answers
+    assert (jobs[ids[0]].outcome, jobs[ids[0]].exit, jobs[ids[0]].start_time) == (Outcome.DONE, ExitStatus(code=3), 10)
+    assert jobs[ids[1]].outcome is Outcome.FAILED_TO_START  # OAR 3 typo understood
+    assert jobs[ids[1]].reason == "WORKING_DIRECTORY"
+    assert jobs[ids[2]].exit is None  # field absent in OAR 3 answers
 
 
 def test_resources_offset_pagination_and_filter(oar3: Any) -> None:
@@ -230,7 +234,7 @@ def test_delete_exit_status(oar3: Any) -> None:
         a.delete_job(rid, "bob")  # OAR 3 answers 200 with exit_status 1
     assert "not the right user" in str(e.value)
     a.delete_job(rid, "alice")
-    assert a.get_job(rid).event_types == ["FRAG_JOB_REQUEST"]
+    assert a.get_job(rid).outcome is Outcome.KILLED
 
 
 def test_media_stress_and_errors(oar3: Any) -> None:

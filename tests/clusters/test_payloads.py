@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from cigri.clusters import get_adapter
-from cigri.clusters.base import ClusterInfo, JobRequest, RemoteJob
-from cigri.clusters.oar2_5 import escape_for_oar25_command, filter_resources, parse_properties
+from cigri.clusters.base import ClusterInfo, ExitStatus, JobRequest, Outcome, RemoteJob
+from cigri.clusters.oar2_5 import escape_for_oar25_command, filter_resources, oar_outcome, parse_properties
 
 
 def oar25() -> object:
@@ -67,7 +69,41 @@ def test_remote_job_conversion_oar25_sample() -> None:
         "events": [{"event_id": 117, "type": "SWITCH_INTO_TERMINATE_STATE", "description": "x"}],
         "launching_directory": "/home/alice/d", "stderr_file": "sample.%jobid%.err", "array_id": 69,
         "array_index": 1, "command": "/home/alice/d/task.sh sample 1 0"})
-    assert isinstance(job, RemoteJob) and job.exit_code == 768 and job.owner == "alice"
+    assert isinstance(job, RemoteJob) and job.exit == ExitStatus(code=3) and job.owner == "alice"
+    assert (job.outcome, job.raw_state, job.exit.wait_status) == (Outcome.DONE, "Terminated", 768)
     assert job.output_path("stderr") == "/home/alice/d/sample.69.err"
     waiting = oar25().to_remote_job({"id": "70", "state": "Waiting", "start_time": 0, "exit_code": None})  # type: ignore[attr-defined]
-    assert waiting.id == 70 and waiting.start_time is None and waiting.exit_code is None
+    assert waiting.id == 70 and waiting.start_time is None and waiting.exit is None
+    assert waiting.outcome is Outcome.WAITING
+
+
+@pytest.mark.parametrize("status,code,signal,ok", [
+    (0, 0, None, True), (768, 3, None, False), (9, None, 9, False), (36608, 143, None, False), (15, None, 15, False)])
+def test_exit_status_decodes_wait_statuses(status: int, code: int | None, signal: int | None, ok: bool) -> None:
+    ex = ExitStatus.from_wait_status(status)
+    assert (ex.code, ex.signal, ex.ok) == (code, signal, ok)
+    assert ex.wait_status == status  # what CiGri stores and shows, as CiGri3
+
+
+@pytest.mark.parametrize("state,exit_code,events,outcome", [
+    ("Waiting", None, [], Outcome.WAITING),
+    ("Hold", None, [], Outcome.HELD),
+    ("Finishing", None, [], Outcome.RUNNING),
+    ("Terminated", 0, [{"type": "FRAG_JOB_REQUEST"}], Outcome.DONE),  # ended by itself first
+    ("Terminated", 768, [], Outcome.DONE),
+    ("Error", None, [{"type": "FRAG_JOB_REQUEST"}, {"type": "BESTEFFORT_KILL"}], Outcome.PREEMPTED),
+    ("Error", 9, [{"type": "WALLTIME"}], Outcome.WALLTIME),
+    ("Error", None, [{"type": "EXTERMINATE"}], Outcome.LOST),
+    ("Error", None, [{"type": "SEND_KILL_JOB"}, {"type": "FRAG_JOB_REQUEST"}], Outcome.KILLED),
+    ("Error", None, [{"type": "WORKING_DIRECTORY"}], Outcome.FAILED_TO_START),
+    ("Error", None, [{"type": "SWITCH_INTO_ERROR_STATE"}], Outcome.ERROR),
+])
+def test_oar_translation_table(state: str, exit_code: int | None, events: list[dict[str, Any]],
+                               outcome: Outcome) -> None:
+    assert oar_outcome(state, exit_code, events)[0] is outcome
+
+
+def test_oar_automatic_resubmission_names_the_new_job() -> None:
+    ev = [{"type": "RESUBMIT_JOB_AUTOMATICALLY", "description": "The job 7 was resubmitted (new id = 12)"}]
+    assert oar_outcome("Error", None, ev) == (Outcome.REQUEUED, None, 12)
+    assert oar_outcome("Error", None, [{"type": "RESUBMIT_JOB_AUTOMATICALLY"}])[0] is Outcome.ERROR

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cigri.clusters.base import RemoteJob
+from cigri.clusters.oar2_5 import _describe, oar_outcome
 from cigri.db import schema
 from cigri.db.events import close_event, cluster_blacklisted, create_event, get_event
 from cigri.engine import colombo
@@ -84,8 +85,13 @@ def test_resubmit_of_a_cancelled_campaign_does_nothing_and_decisions_join_a_tran
     assert events_of(pg_engine, "RESUBMIT")[0]["state"] == "closed"
 
 
-def _r(**kw: Any) -> RemoteJob:
-    return RemoteJob(id=9, state=kw.pop("state", "Error"), **kw)
+def _r(state: str = "Error", exit_code: int | None = None, events: list[dict[str, Any]] | None = None) -> RemoteJob:
+    """A job as the OAR adapter reports it (its translation table, then CiGri's outcome)."""
+    events = events or []
+    outcome, exit_, new_id = oar_outcome(state, exit_code, events)
+    reason, detail = _describe(events)
+    return RemoteJob(id=9, outcome=outcome, raw_state=state, exit=exit_, new_id=new_id, reason=reason,
+                     detail=detail)
 
 
 @pytest.mark.parametrize("remote,code", [
@@ -107,9 +113,9 @@ def test_analysis_branches(remote: RemoteJob, code: str) -> None:
         assert "exit status 256" in an.message and "tail line" in an.message
     if code == "OAR_AUTO_RESUBMIT":
         assert an.new_remote_id == 12 and an.job_state == "remote_waiting" and not an.open
-    if remote.event_types[-1:] == ["BESTEFFORT_KILL"]:
+    if remote.reason.endswith("BESTEFFORT_KILL"):
         assert "BESTEFFORT_KILL" in an.message  # the kill wins over the FRAG listed before it
-    if remote.events and remote.events[0]["type"] == "WALLTIME":
+    if remote.reason.startswith("WALLTIME"):
         assert an.notes and an.notes[0][0] == "WALLTIME_WARNING"
 
 

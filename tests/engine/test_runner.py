@@ -17,8 +17,10 @@ from cigri.clusters.base import (
     ClusterAPINotFound,
     ClusterAPITimeoutPOST,
     JobRequest,
+    Outcome,
     RemoteJob,
 )
+from cigri.clusters.oar2_5 import _describe, oar_outcome
 from cigri.db import schema
 from cigri.engine import colombo
 from cigri.engine.runner import ClusterGone, Runner, batch_script, in_nightly_window
@@ -53,7 +55,8 @@ class FakeOAR(ClusterAdapter):
         for p in (list(request.params) or [None]):
             self.next_id += 1
             cmd = request.command if p is None else f"{request.command} {p}"
-            self.jobs[self.next_id] = RemoteJob(id=self.next_id, state="Waiting", command=cmd, owner=user,
+            self.jobs[self.next_id] = RemoteJob(id=self.next_id, outcome=Outcome.WAITING, raw_state="Waiting",
+                                                command=cmd, owner=user,
                                                 submission_time=int(time.time()),
                                                 launching_directory=request.directory or "/home/u",
                                                 stderr_file="OAR.%jobid%.stderr", types=list(request.types))
@@ -88,25 +91,27 @@ class FakeOAR(ClusterAdapter):
         return []
 
     def get_running_jobs(self) -> list[RemoteJob]:
-        return [j for j in self.jobs.values() if j.state == "Running"]
+        return [j for j in self.jobs.values() if j.outcome is Outcome.RUNNING]
 
     def get_stress_factor(self) -> float:
         return 0.0
 
     # -- test controls
     def run(self, rid: int) -> None:
-        self.jobs[rid].state, self.jobs[rid].start_time = "Running", int(time.time())
+        j = self.jobs[rid]
+        j.outcome, j.raw_state, j.start_time = Outcome.RUNNING, "Running", int(time.time())
 
     def end(self, rid: int, exit_code: int | None = 0, events: list[dict[str, Any]] | None = None) -> None:
         j = self.jobs[rid]
         j.start_time = j.start_time or int(time.time())
         j.stop_time = int(time.time())
-        j.exit_code = exit_code
-        j.events = events or []
-        j.state = "Terminated" if exit_code is not None else "Error"
+        j.raw_state = "Terminated" if exit_code is not None else "Error"
+        # reported as the OAR adapter does, through its translation table
+        j.outcome, j.exit, j.new_id = oar_outcome(j.raw_state, exit_code, events or [])
+        j.reason, j.detail = _describe(events or [])
 
     def active(self) -> list[int]:
-        return [i for i, j in self.jobs.items() if j.state in ("Waiting", "Running")]
+        return [i for i, j in self.jobs.items() if j.outcome.live]
 
 
 # ------------------------------------------------------------------ helpers
@@ -326,7 +331,8 @@ def test_oar_automatic_resubmission_keeps_following_the_new_job(pg_engine: Engin
     runner.run_cycle()
     rid = fake.active()[0]
     fake.end(rid, None, [{"type": "RESUBMIT_JOB_AUTOMATICALLY", "description": "resubmitted (new id = 5555)"}])
-    fake.jobs[5555] = RemoteJob(id=5555, state="Running", command="x", start_time=int(time.time()))
+    fake.jobs[5555] = RemoteJob(id=5555, outcome=Outcome.RUNNING, raw_state="Running", command="x",
+                                start_time=int(time.time()))
     runner.run_cycle()
     job = jobs_of(pg_engine, cid)[0]
     assert job["remote_id"] == 5555 and job["state"] == "remote_waiting"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from cigri.clusters.base import ClusterAPITimeout, RemoteJob
+from cigri.clusters.base import ClusterAPITimeout, Outcome, RemoteJob
 from cigri.db import events as eventsdb
 from cigri.db.schema import bag_of_tasks, campaigns, clusters, events, grid_usage, jobs
 from cigri.engine import updator
@@ -89,9 +89,9 @@ class FakeClusterAdapter:
                 {"id": 4, "core": 4, "network_address": "n2", "state": "Suspected"}]
 
     def get_running_jobs(self):
-        return [RemoteJob(id=10, state="Running", resources=[{"id": 1}, {"id": 2}]),  # CiGri's job
-                RemoteJob(id=11, state="Running", resources=[{"id": 3}]),
-                RemoteJob(id=12, state="Waiting", resources=[])]
+        return [RemoteJob(id=10, outcome=Outcome.RUNNING, resources=[{"id": 1}, {"id": 2}]),  # CiGri's job
+                RemoteJob(id=11, outcome=Outcome.RUNNING, resources=[{"id": 3}]),
+                RemoteJob(id=12, outcome=Outcome.WAITING, resources=[])]
 
     def get_stress_factor(self):
         v = self.stress.get(self.info.name, 0.0)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cigri.clusters.base import ClusterInfo, RemoteJob
+from cigri.clusters.base import ClusterInfo, Outcome, RemoteJob
 from cigri.clusters.local import LocalAdapter
 from cigri.config import Conf
 
@@ -73,15 +73,15 @@ def workdir(tmp_path: Path) -> Path:
 def wait_ended(adapter: LocalAdapter, ids: Sequence[int], timeout: float = DEADLINE) -> dict[int, RemoteJob]:
     def ended() -> dict[int, RemoteJob] | None:
         jobs = adapter.get_jobs(ids)
-        if len(jobs) == len(ids) and all(j.state in ("Terminated", "Error") for j in jobs.values()):
+        if len(jobs) == len(ids) and all(j.outcome.ended for j in jobs.values()):
             return jobs
         return None
 
     return wait_for(ended, timeout, f"jobs {list(ids)[:5]}... to end")  # type: ignore[return-value]
 
 
-def wait_state(adapter: LocalAdapter, job_id: int, state: str, timeout: float = DEADLINE) -> RemoteJob:
-    return wait_for(lambda: (j := adapter.get_job(job_id)).state == state and j,  # type: ignore[return-value]
+def wait_state(adapter: LocalAdapter, job_id: int, state: Outcome, timeout: float = DEADLINE) -> RemoteJob:
+    return wait_for(lambda: (j := adapter.get_job(job_id)).outcome is state and j,  # type: ignore[return-value]
                     timeout, f"job {job_id} {state}")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cigri.clusters.base import ClusterAPINotFound, JobRequest
+from cigri.clusters.base import ClusterAPINotFound, ExitStatus, JobRequest, Outcome
 from tests.local.conftest import wait_ended, wait_for, wait_state
 
 SCRIPT = "sh -c 'echo out$0; i=0; while [ $i -lt 8 ]; do echo err$0-$i >&2; i=$((i+1)); done; exit $0'"
@@ -23,8 +23,9 @@ def test_exit_codes_outputs_and_stderr_tail(make_adapter, workdir: Path):
     assert len(ids) == 2 and ids[1] == ids[0] + 1
     jobs = wait_ended(a, ids)
     ok, bad = jobs[ids[0]], jobs[ids[1]]
-    assert (ok.state, ok.exit_code) == ("Terminated", 0)
-    assert (bad.state, bad.exit_code) == ("Terminated", 768)  # raw wait status, as OAR
+    assert (ok.outcome, ok.exit) == (Outcome.DONE, ExitStatus(code=0))
+    assert (bad.outcome, bad.exit) == (Outcome.DONE, ExitStatus(code=3))
+    assert bad.exit.wait_status == 768  # what CiGri stores, as CiGri3 did
     assert bad.stdout_file == f"OAR.cigri.7.{ids[1]}.stdout" and bad.launching_directory == str(workdir)
     assert (workdir / bad.stdout_file).read_text() == "out3\n"
     assert bad.owner == "alice" and bad.command.endswith(" 3") and bad.start_time and bad.stop_time
@@ -42,7 +43,7 @@ def test_output_templates_single_job_and_home(make_adapter, workdir: Path, monke
     a = make_adapter()
     [jid] = a.submit(JobRequest(command="echo $OAR_JOB_ID; pwd", stdout="o.%jobid%", stderr="e.%jobid%"), "bob")
     job = wait_ended(a, [jid])[jid]
-    assert job.state == "Terminated" and job.launching_directory == str(workdir)
+    assert job.outcome is Outcome.DONE and job.launching_directory == str(workdir)
     assert (workdir / f"o.{jid}").read_text() == f"{jid}\n{workdir}\n"
     sub = workdir / "sub"
     sub.mkdir()
@@ -57,14 +58,14 @@ def test_unknown_job_and_bad_directory(make_adapter, workdir: Path):
         a.get_job(424242)
     [jid] = a.submit(JobRequest(command="true", directory=str(workdir / "missing")), "alice")
     job = wait_ended(a, [jid])[jid]
-    assert job.state == "Error" and job.event_types == ["WORKING_DIRECTORY"]
+    assert job.outcome is Outcome.FAILED_TO_START and job.reason == "WORKING_DIRECTORY"
 
 
 def test_walltime_kills(make_adapter, workdir: Path):
     a = make_adapter()
     [jid] = a.submit(JobRequest(command="sleep 300", walltime="00:00:01", directory=str(workdir)), "alice")
     job = wait_ended(a, [jid])[jid]
-    assert job.state == "Error" and "WALLTIME" in job.event_types
+    assert job.outcome is Outcome.WALLTIME
 
 
 def test_command_list_exit_and_default_signals(make_adapter, workdir: Path):
@@ -75,9 +76,10 @@ def test_command_list_exit_and_default_signals(make_adapter, workdir: Path):
     pipe = a.submit(JobRequest(command="yes | head -n 2; grep -E '^Sig(Ign|Blk)' /proc/self/status",
                                directory=str(workdir)), "alice")
     jobs = wait_ended(a, ids + pipe)
-    assert [(jobs[i].state, jobs[i].exit_code) for i in ids] == [("Terminated", 5 << 8), ("Terminated", 0)]
+    assert [(jobs[i].outcome, jobs[i].exit) for i in ids] == [(Outcome.DONE, ExitStatus(code=5)),
+                                                               (Outcome.DONE, ExitStatus(code=0))]
     p = jobs[pipe[0]]
-    assert p.exit_code == 0
+    assert p.exit == ExitStatus(code=0)
     out = (workdir / p.stdout_file).read_text().splitlines()
     assert out[:2] == ["y", "y"]
     ignored = int(out[2].split()[1], 16)
@@ -90,11 +92,11 @@ def test_killed_task_gets_grace_to_clean_up(make_adapter, workdir: Path):
     a = make_adapter()
     [jid] = a.submit(JobRequest(command="trap 'sleep 0.5; touch cleaned; exit 1' TERM; touch trapped; "
                                         "sleep 300 & wait; touch next", directory=str(workdir)), "alice")
-    wait_state(a, jid, "Running")
+    wait_state(a, jid, Outcome.RUNNING)
     wait_for(lambda: (workdir / "trapped").exists(), what="the task's trap set")  # else TERM just ends it
     a.delete_job(jid, "alice")
     job = wait_ended(a, [jid])[jid]
-    assert job.state == "Error" and job.event_types == ["FRAG_JOB_REQUEST"]
+    assert job.outcome is Outcome.KILLED
     wait_for(lambda: (workdir / "cleaned").exists(), what="cleanup during the grace delay")
     assert not (workdir / "next").exists()
 
@@ -103,20 +105,20 @@ def test_walltime_in_resources(make_adapter, workdir: Path):
     a = make_adapter()
     [jid] = a.submit(JobRequest(command="sleep 300", resources="/core=1,walltime=0:0:1", directory=str(workdir)),
                      "alice")
-    assert "WALLTIME" in wait_ended(a, [jid])[jid].event_types
+    assert wait_ended(a, [jid])[jid].outcome is Outcome.WALLTIME
 
 
 def test_delete_running_and_waiting(make_adapter, workdir: Path):
     a = make_adapter(cores=1)
     ids = a.submit(JobRequest(command="sleep 300; touch", params=["x", "y"], directory=str(workdir)), "alice")
-    running = wait_state(a, ids[0], "Running")
-    assert a.get_job(ids[1]).state == "Waiting"
+    running = wait_state(a, ids[0], Outcome.RUNNING)
+    assert a.get_job(ids[1]).outcome is Outcome.WAITING
     assert [r.id for r in a.get_running_jobs()] == [ids[0]]
     assert a.get_running_jobs()[0].resources == [{"id": 1}]
     for i in ids:
         a.delete_job(i, "alice")
     jobs = wait_ended(a, ids)
-    assert all(j.state == "Error" and j.event_types == ["FRAG_JOB_REQUEST"] for j in jobs.values())
+    assert all(j.outcome is Outcome.KILLED for j in jobs.values())
     assert jobs[ids[1]].start_time is None  # never started
     wait_for(lambda: not _alive(running.raw["shepherd"]), what="task killed")
     assert not (workdir / "x").exists() and not (workdir / "y").exists()
@@ -126,25 +128,25 @@ def test_delete_running_and_waiting(make_adapter, workdir: Path):
 def test_best_effort_preempted_by_normal(make_adapter, workdir: Path):
     a = make_adapter(cores=1)
     [be] = a.submit(JobRequest(command="sleep 300", types=["besteffort"], directory=str(workdir)), "alice")
-    wait_state(a, be, "Running")
+    wait_state(a, be, Outcome.RUNNING)
     [normal] = a.submit(JobRequest(command="echo done", directory=str(workdir)), "bob")
     jobs = wait_ended(a, [be, normal])
-    assert jobs[be].state == "Error" and jobs[be].event_types == ["BESTEFFORT_KILL"]
+    assert jobs[be].outcome is Outcome.PREEMPTED
     assert jobs[be].queue == "besteffort"
-    assert (jobs[normal].state, jobs[normal].exit_code) == ("Terminated", 0)
+    assert (jobs[normal].outcome, jobs[normal].exit) == (Outcome.DONE, ExitStatus(code=0))
 
 
 def test_best_effort_waits_for_normal(make_adapter, workdir: Path):
     """Best-effort tasks never start before waiting normal ones, and never preempt them."""
     a = make_adapter(cores=1)
     [n1] = a.submit(JobRequest(command="sleep 300", directory=str(workdir)), "alice")
-    wait_state(a, n1, "Running")
+    wait_state(a, n1, Outcome.RUNNING)
     [be] = a.submit(JobRequest(command="true", types=["besteffort"], directory=str(workdir)), "alice")
     [n2] = a.submit(JobRequest(command="true", directory=str(workdir)), "alice")
-    assert a.get_job(n1).state == "Running" and a.get_job(be).state == "Waiting"
+    assert a.get_job(n1).outcome is Outcome.RUNNING and a.get_job(be).outcome is Outcome.WAITING
     a.delete_job(n1, "alice")
     jobs = wait_ended(a, [n1, be, n2])
-    assert jobs[be].state == jobs[n2].state == "Terminated"
+    assert jobs[be].outcome is jobs[n2].outcome is Outcome.DONE
     assert jobs[be].start_time >= jobs[n2].start_time
 
 
@@ -161,7 +163,7 @@ def test_thousand_tasks_one_call(make_adapter, workdir: Path):
     assert ids == list(range(ids[0], ids[0] + 1000))
     assert len(os.listdir(a.store.arrays) + os.listdir(a.store.arrays_done)) >= 2  # array file, not 1000 files
     jobs = wait_ended(a, ids, timeout=300)
-    assert all(j.state == "Terminated" and j.exit_code == 0 for j in jobs.values())
+    assert all(j.outcome is Outcome.DONE and j.exit == ExitStatus(code=0) for j in jobs.values())
     assert jobs[ids[999]].command == "true p999"
     wait_for(lambda: not a.store.running_records(), what="no task running")
     files = [f for _, _, fs in os.walk(a.store.root) for f in fs]
@@ -202,26 +204,26 @@ def test_tasks_survive_killed_submitter_and_executor(make_adapter, workdir: Path
     ids = [int(x) for x in p.stdout.readline().split()]  # type: ignore[union-attr]
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    wait_state(a, ids[0], "Running")
+    wait_state(a, ids[0], Outcome.RUNNING)
     ex_pid = a.store.executor_pid()
     assert ex_pid and _alive(ex_pid)
     os.kill(ex_pid, signal.SIGKILL)
     wait_for(lambda: not a.store.executor_running(), what="executor dead")
     # Polling restarts an executor, which adopts the running shepherds and runs the waiting tasks.
     jobs = wait_ended(a, ids)
-    assert {j.id: (j.state, j.exit_code) for j in jobs.values()} == {i: ("Terminated", 0) for i in ids}
+    assert {j.id: (j.outcome, j.exit) for j in jobs.values()} == {i: (Outcome.DONE, ExitStatus(code=0)) for i in ids}
     assert sorted((workdir / f"OAR.{i}.stdout").read_text() for i in ids) == ["a\n", "b\n", "c\n", "d\n"]
 
 
 def test_dead_shepherd_is_reported(make_adapter, workdir: Path):
     a = make_adapter()
     [jid] = a.submit(JobRequest(command="sleep 300", directory=str(workdir)), "alice")
-    job = wait_state(a, jid, "Running")
+    job = wait_state(a, jid, Outcome.RUNNING)
     a.store.stop_executor()  # nobody reaps: the adapter itself must notice
     os.kill(job.raw["shepherd"], signal.SIGKILL)
     wait_for(lambda: not _alive(job.raw["shepherd"]), what="shepherd dead")
     job = wait_ended(a, [jid])[jid]
-    assert job.state == "Error" and job.event_types == ["EXTERMINATE"]
+    assert job.outcome is Outcome.LOST
 
 
 def test_executor_wakes_the_runner_when_it_runs_low_and_when_work_is_over(make_adapter, workdir: Path):
@@ -245,9 +247,9 @@ def test_executor_wakes_the_runner_when_it_runs_low_and_when_work_is_over(make_a
 
     ids = a.submit(JobRequest(command="sleep 1; echo", params=["a", "b"], directory=str(workdir)), "alice")
     wait_wake()  # two tasks started on two cores, none waiting: it runs low
-    assert {j.state for j in a.get_jobs(ids).values()} <= {"Waiting", "Running"}
+    assert {j.outcome for j in a.get_jobs(ids).values()} <= {Outcome.WAITING, Outcome.RUNNING}
     wait_wake()  # all over
-    assert {j.state for j in a.get_jobs(ids).values()} == {"Terminated"}
+    assert {j.outcome for j in a.get_jobs(ids).values()} == {Outcome.DONE}
 
 
 def test_state_directory_of_the_previous_layout_is_migrated(make_adapter, workdir: Path):
@@ -268,8 +270,9 @@ def test_state_directory_of_the_previous_layout_is_migrated(make_adapter, workdi
     (st.root / "done" / "0" / str(first)).write_text(json.dumps({"id": first, "start_time": 1}) + "\n3\n")
     (st.root / "running" / str(first + 1)).write_text(json.dumps({"id": first + 1, "start_time": 1}) + "\n")
     jobs = wait_ended(a, [first, first + 1, first + 2])
-    assert (jobs[first].state, jobs[first].exit_code) == ("Terminated", 3 << 8)
-    assert jobs[first + 1].state == "Error" and jobs[first + 1].event_types == ["EXTERMINATE"]
-    assert (jobs[first + 2].state, jobs[first + 2].exit_code) == ("Terminated", 0)  # never ran: runs now
+    assert (jobs[first].outcome, jobs[first].exit) == (Outcome.DONE, ExitStatus(code=3))
+    assert jobs[first + 1].outcome is Outcome.LOST
+    assert (jobs[first + 2].outcome, jobs[first + 2].exit) == (Outcome.DONE,
+                                                              ExitStatus(code=0))  # never ran: runs now
     assert not (workdir / f"OAR.{first}.stdout").exists()  # not run again
     assert not (st.root / "running").exists() and not (st.root / "done").exists()
