@@ -160,7 +160,7 @@ def test_job_outputs_on_a_local_cluster(alice: TestClient, bob: TestClient, camp
     rid = adapter.submit(JobRequest(command="echo hello-from-job", directory=str(tmp_path),
                                     stdout="out.%jobid%", stderr="err.%jobid%"), "alice")[0]
     deadline = time.monotonic() + 120
-    while adapter.get_job(rid).state not in ("Terminated", "Error"):
+    while adapter.get_job(rid).outcome.live:
         assert time.monotonic() < deadline, "local job did not finish"
         time.sleep(0.2)
     with pg_engine.begin() as c:
