@@ -21,7 +21,7 @@ from typing import Any
 
 RULE_TIMEOUT = 10.0  # seconds for all rules of one submission
 RULE_MEMORY = 512 * 1024 * 1024  # bytes of address space of the worker
-DISABLED_MARK = "# CIGRI-DISABLED"
+DISABLED_MARK = "# CIGRI-DISABLED"  # same as cigri.db.admission_rules (this module stays import-light)
 
 SEED_RULE_1 = '''# Title : Filtering users for normal mode on clusters
 # Description : rejects campaigns asking for non best-effort (normal) jobs on a
@@ -39,12 +39,10 @@ for name, cluster in jdl["clusters"].items():
 
 # ------------------------------------------------------------------ server side
 def load_rules(conn: Any) -> list[tuple[int, str]]:
-    """Active rules (id, code) in id order."""
-    import sqlalchemy as sa
+    """Active rules (id, code) in the order they run."""
+    from cigri.db.admission_rules import active_rules
 
-    from cigri.db.schema import admission_rules as t
-    rows = conn.execute(sa.select(t.c.id, t.c.code).order_by(t.c.id)).all()
-    return [(int(r.id), r.code or "") for r in rows if r.code and not r.code.startswith(DISABLED_MARK)]
+    return active_rules(conn)
 
 
 def run_rules(rules: list[tuple[int, str]], jdl: dict[str, Any], user: str,
@@ -124,6 +122,11 @@ def translate_ruby_rule(code: str) -> tuple[str, bool]:
             f"(docs/admission-rules.md)\n{commented}\n"), False
 
 
+def is_seed_rule(code: str) -> bool:
+    """CiGri3's seeded rule 1 (its Ruby form) or its Python translation."""
+    return code == SEED_RULE_1 or ("user_lists" in code and "normal_authorized" in code and not _is_python(code))
+
+
 def _is_python(code: str) -> bool:
     try:
         compile(code, "<rule>", "exec")
@@ -165,7 +168,7 @@ class ParamsView:
         return self._len
 
     def head(self, n: int = 10) -> list[str]:
-        out = []
+        out: list[str] = []
         for p in self:
             if len(out) >= n:
                 break

@@ -163,9 +163,12 @@ CREATE TABLE queue_counts (
 );
 CREATE INDEX queue_counts_campaign_cluster ON queue_counts (campaign_id, cluster_id);
 
+-- CiGri3 had no primary key here (and left the sequence behind its seeded rule 1, so
+-- rules could share an id); `cigri-db upgrade` renumbers such rules and adds the key.
 CREATE TABLE admission_rules (
   id SERIAL NOT NULL,
-  code TEXT
+  code TEXT,
+  PRIMARY KEY (id)
 );
 
 CREATE TYPE notifications AS ENUM ('mail', 'xmpp', 'log', 'irc');

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 import click
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -44,7 +45,8 @@ _url_opt = click.option("--database-url", "database_url_opt", metavar="URL",
 _conf_opt = click.option("--conf", "conf_file", metavar="FILE", help="cigri.conf to use (default: CIGRICONFFILE...)")
 _grant_opt = click.option("--grant-to", "grant_role", metavar="ROLE",
                           help="PostgreSQL: give ROLE (the DATABASE_USER_NAME of the daemons) DML rights on every "
-                               "table and sequence, when the schema is owned by another role")
+                               "table and sequence, when the schema is owned by another role (CiGri3 sites: "
+                               "postgres). upgrade also does it for the roles that could already write the tables")
 
 
 @click.group(help=__doc__)
@@ -98,7 +100,9 @@ def check(database_url_opt: str | None, conf_file: str | None) -> None:
     click.echo(f"{shown}: schema OK")
 
 
-@main.command(help="Upgrade a CiGri3 (or older CiGri) database in place; additive and idempotent.")
+@main.command(help="Upgrade a CiGri3 (or older CiGri) database in place; additive and idempotent. Run it as the "
+                   "owner of the schema (CiGri3 sites: sudo -u postgres cigri-db upgrade --grant-to cigri "
+                   "--database-url postgresql:///cigri3).")
 @_url_opt
 @_conf_opt
 @_grant_opt
@@ -110,8 +114,12 @@ def upgrade(database_url_opt: str | None, conf_file: str | None, grant_role: str
         if grant_role:
             admin.grant_to(engine, grant_role)
             rep.actions.append(f"rights granted to {grant_role}")
-    except (RuntimeError, sa.exc.SQLAlchemyError) as e:
-        click.echo(f"cigri-db upgrade failed (nothing changed): {str(getattr(e, 'orig', e)).strip()}", err=True)
+    except admin.NotOwner as e:
+        click.echo(f"cigri-db upgrade: nothing changed: {e}", err=True)
+        sys.exit(1)
+    except (RuntimeError, sa.exc.SQLAlchemyError, psycopg.Error) as e:
+        first = (str(getattr(e, "orig", e)).strip().splitlines() or [type(e).__name__])[0]
+        click.echo(f"cigri-db upgrade failed: {first}", err=True)
         sys.exit(1)
     for a in rep.actions:
         click.echo(a)

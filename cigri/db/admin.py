@@ -23,6 +23,13 @@ def sql_dir() -> Path:
     raise FileNotFoundError("cannot find CiGri's sql/ directory")
 
 
+def _one(cur: Any) -> Any:
+    """The single row a catalog query returns."""
+    row = cur.fetchone()
+    assert row is not None
+    return row
+
+
 def run_sql_script(engine: Engine, text: str) -> None:
     """Run a multi-statement SQL script in one transaction."""
     raw = engine.raw_connection()
@@ -68,11 +75,11 @@ def init_schema(engine: Engine) -> None:
 
 # ------------------------------------------------------------------ check / upgrade
 # The expected schema is not hand-maintained: it is what the shipped SQL creates. On
-# PostgreSQL the script is loaded into a scratch schema inside a transaction that is
-# rolled back; on SQLite into an in-memory database. Both are then introspected the
-# same way as the live database.
-
-_SCRATCH = "cigri_expected_schema"
+# PostgreSQL the scripts are loaded into the session's temporary schema (pg_temp) inside
+# a transaction that is rolled back: any role may do that, including the daemons' role
+# of a CiGri3 site, which may not create schemas. On SQLite into an in-memory database.
+# Both are then introspected the same way as the live database, through pg_catalog
+# (information_schema hides what the current role has no rights on).
 
 
 @dataclass
@@ -87,7 +94,9 @@ class SchemaInfo:
 
 def split_sql(text: str) -> list[str]:
     """Statements of a SQL script (quotes and -- comments aware)."""
-    out, buf, q, i = [], [], False, 0
+    out: list[str] = []
+    buf: list[str] = []
+    q, i = False, 0
     while i < len(text):
         ch = text[i]
         if not q and text.startswith("--", i):
@@ -111,20 +120,25 @@ def split_sql(text: str) -> list[str]:
 
 
 def _pg_info(raw: Any, schema: str) -> SchemaInfo:
+    """The schema `schema` ('public', or the session's pg_temp_N) as seen in pg_catalog."""
     info = SchemaInfo()
     cur = raw.cursor()
+
+    def plain(text: str) -> str:
+        return text.replace(f"{schema}.", "").replace("pg_temp.", "")
+
     cur.execute("""SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull
                    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
                    JOIN pg_namespace n ON n.oid = c.relnamespace
                    WHERE n.nspname = %s AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped""", (schema,))
     for t, col, typ, nullable in cur.fetchall():
-        info.tables.setdefault(t, {})[col] = (typ.replace(f"{schema}.", ""), bool(nullable))
+        info.tables.setdefault(t, {})[col] = (plain(typ), bool(nullable))
     cur.execute("""SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
                    JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
                    JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-                   WHERE n.nspname = %s""", (schema,))
+                   WHERE n.nspname = %s AND NOT a.attisdropped""", (schema,))
     for t, col, expr in cur.fetchall():
-        info.defaults[(t, col)] = expr.replace(f"{schema}.", "")
+        info.defaults[(t, col)] = plain(expr)
     cur.execute("""SELECT t.typname, e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid
                    JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = %s
                    ORDER BY t.typname, e.enumsortorder""", (schema,))
@@ -132,14 +146,15 @@ def _pg_info(raw: Any, schema: str) -> SchemaInfo:
         info.enums.setdefault(t, []).append(label)
     cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s", (schema,))
     for name, d in cur.fetchall():
-        info.indexes[name] = d.replace(f"{schema}.", "")
-    cur.execute("SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = %s", (schema,))
+        info.indexes[name] = plain(d)
+    cur.execute("""SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = %s AND c.relkind = 'S'""", (schema,))
     info.sequences = {r[0] for r in cur.fetchall()}
-    cur.execute("""SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc
-                   JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name
-                     AND kcu.table_schema = tc.table_schema
-                   WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = %s
-                   ORDER BY tc.table_name, kcu.ordinal_position""", (schema,))
+    cur.execute("""SELECT c.relname, a.attname FROM pg_constraint k
+                   JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                   CROSS JOIN LATERAL unnest(k.conkey) WITH ORDINALITY AS u(attnum, pos)
+                   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = u.attnum
+                   WHERE n.nspname = %s AND k.contype = 'p' ORDER BY c.relname, u.pos""", (schema,))
     for t, col in cur.fetchall():
         info.pkeys.setdefault(t, []).append(col)
     return info
@@ -169,12 +184,13 @@ def expected_schema(engine: Engine) -> SchemaInfo:
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute(f'CREATE SCHEMA "{_SCRATCH}"')
-        cur.execute(f'SET LOCAL search_path TO "{_SCRATCH}"')
+        cur.execute("SET LOCAL search_path TO pg_temp")
         for name in ("cigri3.sql", "cigri-py-additions.sql"):
             for stmt in split_sql((d / name).read_text()):
-                cur.execute(stmt)
-        return _pg_info(raw, _SCRATCH)
+                if not stmt.upper().startswith("SELECT SETVAL"):
+                    cur.execute(stmt)
+        cur.execute("SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()")
+        return _pg_info(raw, _one(cur)[0])
     finally:
         raw.rollback()
         raw.close()
@@ -209,6 +225,11 @@ def check_schema(engine: Engine) -> tuple[list[str], list[str]]:
             elif have[1] != nullable:
                 diffs.append(f"column {t}.{c} is {'' if have[1] else 'NOT '}NULL, expected "
                              f"{'' if nullable else 'NOT '}NULL")
+            if have is not None:
+                want_d, have_d = exp.defaults.get((t, c)), live.defaults.get((t, c))
+                if want_d is not None and have_d != want_d:
+                    diffs.append(f"column {t}.{c} has {'default ' + have_d if have_d else 'no default'}, "
+                                 f"expected default {want_d}")
         for c in sorted(set(live.tables[t]) - set(cols)):
             notes.append(f"extra column {t}.{c}")
         if exp.pkeys.get(t) != live.pkeys.get(t):
@@ -216,11 +237,11 @@ def check_schema(engine: Engine) -> tuple[list[str], list[str]]:
     for t in sorted(set(live.tables) - set(exp.tables)):
         notes.append(f"extra table {t}")
     for e, labels in sorted(exp.enums.items()):
-        have = live.enums.get(e)
-        if have is None:
+        have_labels = live.enums.get(e)
+        if have_labels is None:
             diffs.append(f"missing enum type {e}")
-        elif set(labels) - set(have):
-            diffs.append(f"enum {e} lacks labels {', '.join(sorted(set(labels) - set(have)))}")
+        elif set(labels) - set(have_labels):
+            diffs.append(f"enum {e} lacks labels {', '.join(sorted(set(labels) - set(have_labels)))}")
     for name, d in sorted(exp.indexes.items()):
         if name not in live.indexes:
             diffs.append(f"missing index {name}: {d}")
@@ -230,13 +251,15 @@ def check_schema(engine: Engine) -> tuple[list[str], list[str]]:
         notes.append(f"extra index {name}")
     for s in sorted(exp.sequences - live.sequences):
         diffs.append(f"missing sequence {s}")
+    if not is_sqlite(engine):
+        diffs += _privilege_diffs(engine, exp, live)
     if not diffs or "parameters" in live.tables:
-        with engine.connect() as c:
-            if "parameters" in live.tables and c.execute(
+        with engine.connect() as conn:
+            if "parameters" in live.tables and conn.execute(
                     sa.text("SELECT count(*) FROM parameters WHERE id = 0")).scalar_one() == 0:
                 diffs.append("missing the null parameter row (parameters.id = 0)")
             if "bag_of_tasks" in live.tables and "campaigns" in live.tables:
-                orphans = c.execute(sa.text(
+                orphans = conn.execute(sa.text(
                     "SELECT count(*) FROM bag_of_tasks b WHERE NOT EXISTS "
                     "(SELECT 1 FROM campaigns c WHERE c.id = b.campaign_id)")).scalar_one()
                 if orphans:
@@ -244,9 +267,13 @@ def check_schema(engine: Engine) -> tuple[list[str], list[str]]:
                                  "submission?); they are never scheduled and can be deleted")
             if "admission_rules" in live.tables:
                 from cigri.admission import DISABLED_MARK, _is_python
-                for rid, code in c.execute(sa.text("SELECT id, code FROM admission_rules ORDER BY id")):
+                from cigri.db.admission_rules import all_rules, duplicate_ids
+                for rid, code in all_rules(conn):
                     if code and not code.startswith(DISABLED_MARK) and not _is_python(code):
                         diffs.append(f"admission rule {rid} is not Python (CiGri3 Ruby rule?)")
+                for rid, n in duplicate_ids(conn):
+                    diffs.append(f"{n} admission rules share the id {rid} (CiGri3 did not advance "
+                                 "admission_rules_id_seq): 'cigri-db upgrade' renumbers them, keeping each")
     return diffs, notes
 
 
@@ -257,11 +284,88 @@ class UpgradeReport:
     disabled_rules: list[int] = field(default_factory=list)
 
 
+class NotOwner(RuntimeError):
+    """The connected role cannot alter the CiGri schema (CiGri3 sites: tables owned by postgres)."""
+
+    def __init__(self, current: str, owners: list[str], database: str, writers: list[str]):
+        self.current, self.owners, self.database = current, owners, database
+        grant = f" --grant-to {writers[0]}" if writers else (f" --grant-to {current}" if current else "")
+        super().__init__(
+            f"the CiGri schema of database {database} belongs to {' and '.join(owners)}; role {current} (this "
+            f"connection) cannot upgrade it: run it as {owners[0]} or a superuser, e.g. 'sudo -u postgres "
+            f"cigri-db upgrade{grant} --database-url postgresql:///{database}'")
+
+
+def _owner_check(cur: Any, database: str) -> list[str]:
+    """Raise NotOwner unless the current role may alter every CiGri object; returns the roles
+    (other than the owners) that can already write the CiGri tables: the daemons'."""
+    cur.execute("SELECT current_user, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)")
+    current, superuser = _one(cur)
+    cur.execute("""SELECT DISTINCT pg_get_userbyid(owner) FROM (
+                     SELECT c.relowner AS owner FROM pg_class c
+                     WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'S')
+                     UNION SELECT t.typowner FROM pg_type t
+                     WHERE t.typnamespace = 'public'::regnamespace AND t.typtype = 'e') o
+                   WHERE NOT pg_has_role(current_user, owner, 'MEMBER') ORDER BY 1""")
+    foreign = [r[0] for r in cur.fetchall()]
+    writers = _writer_roles(cur)
+    if foreign and not superuser:
+        raise NotOwner(current, foreign, database, [w for w in writers if w != current] or [current])
+    return writers
+
+
+def _writer_roles(cur: Any) -> list[str]:
+    """Roles granted INSERT on campaigns by its owner: the daemons' role of a CiGri3 site."""
+    cur.execute("""SELECT DISTINCT r.rolname FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+                   JOIN pg_roles r ON r.oid = a.grantee
+                   WHERE c.oid = to_regclass('public.campaigns') AND a.privilege_type = 'INSERT'
+                     AND a.grantee <> c.relowner AND NOT r.rolsuper ORDER BY 1""")
+    return [r[0] for r in cur.fetchall()]
+
+
+def _privilege_diffs(engine: Engine, exp: SchemaInfo, live: SchemaInfo) -> list[str]:
+    """Roles that may write the CiGri tables (and this connection's role) but lack rights on
+    some CiGri table or sequence: the daemons would stop on 'permission denied'."""
+    out: list[str] = []
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        roles = set(_writer_roles(cur))
+        cur.execute("SELECT current_user")
+        roles.add(_one(cur)[0])
+        tables = sorted(set(exp.tables) & set(live.tables))
+        seqs = sorted((exp.sequences | {s for s in live.sequences if s.endswith("_id_seq")}) & live.sequences)
+        for role in sorted(roles):
+            cur.execute("""SELECT CASE c.relkind WHEN 'S' THEN 'sequence ' ELSE 'table ' END || c.relname
+                           FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND (
+                             (c.relkind = 'r' AND c.relname = ANY(%(tables)s) AND NOT (
+                               has_table_privilege(%(role)s, c.oid, 'SELECT') AND
+                               has_table_privilege(%(role)s, c.oid, 'INSERT') AND
+                               has_table_privilege(%(role)s, c.oid, 'UPDATE') AND
+                               has_table_privilege(%(role)s, c.oid, 'DELETE')))
+                             OR (c.relkind = 'S' AND c.relname = ANY(%(seqs)s) AND NOT (
+                               has_sequence_privilege(%(role)s, c.oid, 'USAGE') AND
+                               has_sequence_privilege(%(role)s, c.oid, 'UPDATE'))))
+                           ORDER BY c.relkind, c.relname""", {"role": role, "tables": tables, "seqs": seqs})
+            missing = [r[0] for r in cur.fetchall()]
+            if missing:
+                out.append(f"role {role} lacks rights on {', '.join(missing)} (the daemons connecting as {role} "
+                           f"would fail with 'permission denied'): run 'cigri-db upgrade --grant-to {role}' as the "
+                           "schema's owner")
+    finally:
+        raw.rollback()
+        raw.close()
+    return out
+
+
 def upgrade_schema(engine: Engine) -> UpgradeReport:
-    """Bring a CiGri3 (or older CiGri-py) database to the current schema, in place, in one
-    transaction: only additions (types, labels, tables, columns, indexes, sequences, the null
-    parameter), the users_mapping primary key of CiGri 3.0, and Ruby admission rules (the
-    seed rule is translated, others disabled). Idempotent; never deletes a row."""
+    """Bring a CiGri3 (or older CiGri-py) database to the current schema, in place: only
+    additions (types, labels, tables, columns, indexes, sequences, the null parameter),
+    column defaults of the current schema, the users_mapping primary key of CiGri 3.0, and
+    the admission rules (ids made unique without losing a rule, the seed rule translated,
+    other Ruby rules disabled). Roles that could write the tables before get the same
+    rights on what is added. Idempotent; never deletes a row. Raises NotOwner, before
+    changing anything, when the connected role cannot alter the schema."""
     rep = UpgradeReport()
     if not is_initialised(engine):
         raise RuntimeError("this database has no CiGri schema (no campaigns table): use 'cigri-db init'")
@@ -270,6 +374,12 @@ def upgrade_schema(engine: Engine) -> UpgradeReport:
         rep.actions.append("applied cigri3-sqlite.sql (idempotent)")
         _upgrade_rules(engine, rep)
         return rep
+    raw = engine.raw_connection()
+    try:
+        writers = _owner_check(raw.cursor(), engine.url.database or "?")
+    finally:
+        raw.rollback()
+        raw.close()
     exp, live = expected_schema(engine), live_schema(engine)
     d = sql_dir()
     stmts = split_sql((d / "cigri3.sql").read_text())
@@ -303,22 +413,29 @@ def upgrade_schema(engine: Engine) -> UpgradeReport:
                     ddl = f'ALTER TABLE {_ident(t)} ADD COLUMN "{_ident(c)}" {typ}'
                     if default and "nextval" not in default:
                         ddl += f" DEFAULT {default}" + ("" if nullable else " NOT NULL")
+                        live.defaults[(t, c)] = default
                     elif not nullable:
                         rep.warnings.append(f"column {t}.{c} added as NULL-able (existing rows have no value)")
                     cur.execute(ddl)
                     rep.actions.append(f"added column {t}.{c}")
+        # defaults of existing columns (CiGri 3.1: clusters.api_chunk_size DEFAULT 0); rows keep their values
+        for (t, c), want in sorted(exp.defaults.items()):
+            have = live.defaults.get((t, c))
+            if c in live.tables.get(t, {}) and have != want and not (have is None and "nextval" in want):
+                cur.execute(f'ALTER TABLE {_ident(t)} ALTER COLUMN "{_ident(c)}" SET DEFAULT {want}')
+                rep.actions.append(f"column {t}.{c}: default {have or 'none'} -> {want}")
         # users_mapping: CiGri 3.0 had PRIMARY KEY (grid_login)
         pk = live.pkeys.get("users_mapping")
         if pk is not None and pk != exp.pkeys.get("users_mapping"):
             cur.execute("SELECT count(*) FROM users_mapping WHERE cluster_id IS NULL")
-            nulls = cur.fetchone()[0]
+            nulls = _one(cur)[0]
             if nulls:
                 rep.warnings.append(f"users_mapping has {nulls} rows with NULL cluster_id: primary key left as "
                                     f"{pk}; fix them and run upgrade again")
             else:
                 cur.execute("""SELECT conname FROM pg_constraint WHERE conrelid = 'users_mapping'::regclass
                                AND contype = 'p'""")
-                con = cur.fetchone()[0]
+                con = _one(cur)[0]
                 cur.execute(f'ALTER TABLE users_mapping DROP CONSTRAINT "{_ident(con)}"')
                 cur.execute("ALTER TABLE users_mapping ADD PRIMARY KEY (grid_login, cluster_id)")
                 rep.actions.append("users_mapping primary key is now (grid_login, cluster_id)")
@@ -341,6 +458,10 @@ def upgrade_schema(engine: Engine) -> UpgradeReport:
     finally:
         raw.close()
     _upgrade_rules(engine, rep)
+    for role in writers:
+        grant_to(engine, role)
+        rep.actions.append(f"rights on every CiGri table and sequence granted to {role} (it could already write "
+                           "the CiGri tables)")
     return rep
 
 
@@ -351,21 +472,14 @@ def _ident(s: str) -> str:
 
 
 def _upgrade_rules(engine: Engine, rep: UpgradeReport) -> None:
-    from cigri.admission import translate_ruby_rule
-    from cigri.db.schema import admission_rules as t
+    from cigri.admission import is_seed_rule, translate_ruby_rule
+    from cigri.db.admission_rules import repair_rules
+
     with engine.begin() as c:
-        for rid, code in c.execute(sa.select(t.c.id, t.c.code).order_by(t.c.id)).all():
-            if not code:
-                continue
-            new, ok = translate_ruby_rule(code)
-            if new != code:
-                c.execute(t.update().where(t.c.id == rid).values(code=new))
-                if ok:
-                    rep.actions.append(f"admission rule {rid}: CiGri3 seed rule translated to Python")
-                else:
-                    rep.disabled_rules.append(int(rid))
-                    rep.warnings.append(f"admission rule {rid} is Ruby: disabled (kept as comments), rewrite it "
-                                        "in Python")
+        r = repair_rules(c, translate_ruby_rule, is_seed_rule)
+    rep.actions += r.actions
+    rep.warnings += r.warnings
+    rep.disabled_rules += r.disabled
 
 
 def grant_to(engine: Engine, role: str) -> None:
