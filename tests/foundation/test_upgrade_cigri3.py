@@ -210,5 +210,5 @@ def test_upgrade_of_a_31_database_fixes_column_defaults(site31: Site) -> None:
     assert site31.cli(site31.daemon, "check").returncode == 0
     with site31.engine(site31.daemon).begin() as c:
         c.execute(sa.text("INSERT INTO clusters (name, api_url, batch) VALUES ('new', 'http://new/', 'oar2_5')"))
-        got = dict(c.execute(sa.text("SELECT name, api_chunk_size FROM clusters")).all())
+        got: dict[str, int] = dict(c.execute(sa.text("SELECT name, api_chunk_size FROM clusters")).all())
     assert got == {"dahu": 0, "new": 100}  # the existing row keeps its setting; the default is 3.2's
