@@ -175,6 +175,13 @@ CREATE TABLE IF NOT EXISTS taps (
 );
 CREATE INDEX IF NOT EXISTS taps_idx ON taps (cluster_id, campaign_id);
 
+CREATE TABLE IF NOT EXISTS api_revoked_tokens (
+  jti VARCHAR(64) NOT NULL PRIMARY KEY,
+  grid_user VARCHAR(255),
+  expires TIMESTAMP NOT NULL,
+  revoked_at TIMESTAMP NOT NULL
+);
+
 -- SQLite has no sequences: batch ids come from this one-row counter table.
 CREATE TABLE IF NOT EXISTS batch_id_seq (id INTEGER PRIMARY KEY AUTOINCREMENT, dummy INTEGER);
 

@@ -224,6 +224,14 @@ CREATE TABLE taps (
 CREATE INDEX taps_idx ON taps (cluster_id, campaign_id);
 CREATE INDEX taps_idx_id ON taps (id);
 
+-- CiGri-py: revoked API bearer tokens (by their jti), kept until they would have expired.
+CREATE TABLE api_revoked_tokens (
+  jti VARCHAR(64) NOT NULL PRIMARY KEY,
+  grid_user VARCHAR(255),
+  expires TIMESTAMP WITH TIME ZONE NOT NULL,
+  revoked_at TIMESTAMP WITH TIME ZONE NOT NULL
+);
+
 -- The seeded admission rule of CiGri3 (rule 1), in the Python form of
 -- docs/admission-rules.md.
 INSERT INTO admission_rules (id, code) VALUES (1, '# Title : Filtering users for normal mode on clusters

@@ -13,8 +13,10 @@ Three sources, in this order:
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,8 @@ class Authenticator:
         self.conf = conf
         self.engine = engine
         self.header = header_name(conf)
+        #: the HTTP spelling and the CGI/Apache one (underscores), both seen by CiGri3 sites
+        self.header_names = (self.header, self.header.replace("-", "_"))
         self.proxies = set(split_list(conf.get("API_TRUSTED_PROXIES")))
         self.admins = set(split_list(conf.get("API_ADMINS"))) or {"root"}
         self.secret_file = str(conf.get("API_JWT_SECRET_FILE") or "")
@@ -74,32 +78,65 @@ class Authenticator:
         return self._secret
 
     def issue(self, user: str, lifetime: int | None = None) -> tuple[str, int]:
+        """A token for `user` (an existing account), valid at most API_JWT_LIFETIME seconds
+        whatever is asked, with a `jti` by which it can be revoked."""
         key = self.secret(create=True)
         if key is None:
             raise AuthError(f"No JWT secret ({self.secret_file} is unreadable)")
-        exp = int(time.time()) + int(lifetime or self.lifetime)
-        token = jwt.encode({"sub": user, "iss": ISSUER, "iat": int(time.time()), "exp": exp}, key, algorithm="HS256")
-        return token, exp
+        if not account_exists(user):
+            raise AuthError(f"Access denied: no account named {user!r} on this server")
+        now = int(time.time())
+        exp = now + min(int(lifetime or self.lifetime), self.lifetime)
+        claims = {"sub": user, "iss": ISSUER, "iat": now, "exp": exp, "jti": uuid.uuid4().hex}
+        return jwt.encode(claims, key, algorithm="HS256"), exp
 
-    def verify(self, token: str) -> str:
+    def decode(self, token: str) -> dict[str, Any]:
+        """The claims of a valid token (signature, issuer, expiry, lifetime cap, jti)."""
         key = self.secret()
         if key is None:
             raise AuthError("Access denied: bearer tokens are not enabled on this server")
         try:
-            claims = jwt.decode(token, key, algorithms=["HS256"], issuer=ISSUER, options={"require": ["sub", "exp"]})
+            claims: dict[str, Any] = jwt.decode(token, key, algorithms=["HS256"], issuer=ISSUER,
+                                                options={"require": ["sub", "exp"]})
         except jwt.ExpiredSignatureError:
             raise AuthError("Access denied: token expired (get a new one with gridtoken --api-token)") from None
         except jwt.PyJWTError as e:
             raise AuthError(f"Access denied: invalid token ({e})") from None
-        sub = claims.get("sub")
+        sub, jti, iat = claims.get("sub"), claims.get("jti"), claims.get("iat")
         if not isinstance(sub, str) or not sub:
             raise AuthError("Access denied: invalid token (no subject)")
+        if not isinstance(jti, str) or not jti or not isinstance(iat, int):
+            raise AuthError("Access denied: invalid token (no id or issue time: an older token, "
+                            "get a new one with gridtoken --api-token)")
+        if int(claims["exp"]) - iat > self.lifetime:
+            raise AuthError("Access denied: token lifetime longer than this server allows (API_JWT_LIFETIME)")
+        return claims
+
+    def verify(self, token: str) -> str:
+        """The user of a token that is valid, not revoked, and whose account still exists."""
+        claims = self.decode(token)
+        if self.engine is not None:
+            from cigri.db.tokens import is_revoked
+
+            with self.engine.connect() as conn:
+                if is_revoked(conn, str(claims["jti"])):
+                    raise AuthError("Access denied: token revoked (get a new one with gridtoken --api-token)")
+        sub = str(claims["sub"])
+        if not account_exists(sub):
+            raise AuthError(f"Access denied: the account {sub!r} of this token no longer exists")
         return sub
+
+    def revoke(self, claims: dict[str, Any]) -> None:
+        from cigri.db.engine import transaction
+        from cigri.db.tokens import revoke
+
+        with transaction(self.engine) as conn:
+            revoke(conn, str(claims["jti"]), str(claims.get("sub") or ""), int(claims["exp"]))
 
     # ---------------------------------------------------------------- requests
     def identify(self, scope: Mapping[str, Any], headers: Any) -> Identity:
         peer = scope.get(PEER_SCOPE_KEY)
-        claimed = headers.get(self.header)
+        claimed = self.claimed_user(headers)
         if claimed is not None:
             if peer is not None:
                 source = f"unix:{peer.get('user')}"
@@ -122,8 +159,30 @@ class Authenticator:
             return Identity(str(peer["user"]), "peercred")
         return Identity(None, "none")
 
+    def claimed_user(self, headers: Any) -> str | None:
+        """The identity header, in either spelling: `X-Cigri-User` or CiGri3's Apache
+        `X_CIGRI_USER`. Both present with different values is refused: a proxy that set one
+        may have passed the client's other one through."""
+        values = {v for name in self.header_names for v in headers.getlist(name)} \
+            if hasattr(headers, "getlist") else {headers.get(n) for n in self.header_names} - {None}
+        if not values:
+            return None
+        if len(values) > 1:
+            raise AuthError(f"Access denied: conflicting identity headers ({self.header} given twice "
+                            "or in both spellings)")
+        return str(values.pop())
+
     def is_admin(self, user: str | None) -> bool:
         return user is not None and user in self.admins
+
+
+def account_exists(user: str) -> bool:
+    """A login the system knows (local files, LDAP... through NSS)."""
+    try:
+        pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        return False
+    return True
 
 
 def load_secret(path: str, create: bool = False) -> bytes | None:

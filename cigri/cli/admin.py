@@ -136,15 +136,28 @@ def cluster_test(cluster_name: str, user: str, path: str | None) -> None:
 
 
 @cli.command("api-token")
-@click.argument("user")
-@click.option("--lifetime", type=int, default=None, help="Seconds (default API_JWT_LIFETIME).")
-def api_token(user: str, lifetime: int | None) -> None:
-    """Print a CiGri API bearer token for USER (reads the JWT secret: run as root)."""
+@click.argument("user", required=False)
+@click.option("--lifetime", type=int, default=None, help="Seconds (at most, and by default, API_JWT_LIFETIME).")
+@click.option("--revoke", metavar="JTI", help="Revoke the token with this id (its `jti` claim) instead.")
+def api_token(user: str | None, lifetime: int | None, revoke: str | None) -> None:
+    """Print a CiGri API bearer token for USER (reads the JWT secret: run as root or cigri),
+    or revoke one by its id."""
+    import time
+
     from cigri.api.auth import Authenticator, AuthError
     from cigri.config import get_conf
+    from cigri.db.engine import get_engine
 
+    conf = get_conf()
+    auth = Authenticator(conf, get_engine(conf))
+    if revoke:
+        auth.revoke({"jti": revoke, "sub": user, "exp": int(time.time()) + auth.lifetime})
+        click.echo(f"Token {revoke} revoked")
+        return
+    if not user:
+        raise CliError("Give the USER to issue a token for (or --revoke JTI)")
     try:
-        token, _ = Authenticator(get_conf()).issue(user, lifetime)
+        token, _ = auth.issue(user, lifetime)
     except AuthError as e:
         raise CliError(e.message) from None
     click.echo(token)

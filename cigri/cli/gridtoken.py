@@ -25,12 +25,26 @@ Examples:
 @click.option("-v", "--verbose", is_flag=True, help="Dump the API response.")
 @click.option("--api-token", is_flag=True, help="Get a bearer token for the CiGri API and save it in API_TOKEN_FILE.")
 @click.option("--for-user", help="With --api-token (administrators): a token for another user, printed.")
+@click.option("--revoke-api-token", "revoke", is_flag=True,
+              help="Revoke the API token saved in API_TOKEN_FILE (e.g. after a copy leaked), and delete the file.")
 @click.option("--json", "as_json", is_flag=True, help="With -l: JSON output.")
 @version_option("gridtoken")
 def cli(cluster_id: int | None, token: str | None, remove: bool, list_: bool, verbose: bool, api_token: bool,
-        for_user: str | None, as_json: bool) -> int:
+        for_user: str | None, revoke: bool, as_json: bool) -> int:
     """Manage the JWT tokens CiGri uses to submit your jobs on OAR3 clusters."""
     api = ApiClient()
+    if revoke:
+        path = Path(os.path.expanduser(str(api.conf.get("API_TOKEN_FILE"))))
+        try:
+            saved = path.read_text().strip()
+        except OSError as e:
+            raise CliError(f"No API token to revoke: cannot read {path}: {e.strerror}") from None
+        r = api.delete("/auth/token", headers={"Authorization": f"Bearer {saved}"})
+        if r.status != 202:
+            raise api_failure(r, "Cannot revoke the API token")
+        path.unlink(missing_ok=True)
+        click.echo(f"{r.message} ({path} deleted)")
+        return 0
     if api_token:
         r = api.post("/auth/token", json={"user": for_user} if for_user else {})
         if r.status != 201:

@@ -237,6 +237,15 @@ taps = sa.Table(
     sa.Column("close_date", TS),
 )
 
+#: CiGri-py: revoked API bearer tokens, kept until they would have expired
+api_revoked_tokens = sa.Table(
+    "api_revoked_tokens", metadata,
+    sa.Column("jti", sa.String(64), primary_key=True),
+    sa.Column("grid_user", sa.String(255)),
+    sa.Column("expires", TS, nullable=False),
+    sa.Column("revoked_at", TS, nullable=False),
+)
+
 
 def now() -> datetime:
     """The one clock of CiGri: aware UTC."""

@@ -42,6 +42,13 @@ class PeerIdentity:
         await self.app(scope, receive, send)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def unix_users() -> None:
+    """alice and bob are real accounts (tokens are issued only for existing accounts)."""
+    for u in ("alice", "bob"):
+        ensure_user(u)
+
+
 @pytest.fixture
 def api_conf(pg_conf: Conf, tmp_path: Path) -> Conf:
     return pg_conf.with_values(API_ADMINS="root", API_JWT_SECRET_FILE=str(tmp_path / "jwt.secret"),

@@ -112,3 +112,82 @@ def test_unknown_jdl_fields_are_bounded(alice: TestClient, pg_engine: Engine, cl
 
 
 
+
+
+# --------------------------------------------------------------------------- item 7
+def test_token_lifetime_is_capped_by_the_server(app: Any, alice: TestClient, anon: TestClient) -> None:
+    import time
+
+    import jwt
+
+    r = alice.post("/auth/token", json={"lifetime": 10**30})
+    assert r.status_code == 201
+    lifetime = int(app.state.api.auth.lifetime)
+    assert r.json()["expires"] <= int(time.time()) + lifetime + 1
+    claims = jwt.decode(r.json()["token"], options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] <= lifetime and claims["jti"]
+    # a token signed with the server's key but a longer life (an old or hand-made one) is refused
+    secret = app.state.api.auth.secret()
+    now = int(time.time())
+    long = jwt.encode({"sub": "alice", "iss": "cigri", "iat": now, "exp": now + lifetime + 3600, "jti": "x"},
+                      secret, algorithm="HS256")
+    r = anon.get("/notifications", headers={"Authorization": f"Bearer {long}"})
+    assert r.status_code == 403 and "lifetime" in r.json()["message"]
+
+
+def test_token_of_a_deleted_account_is_refused(app: Any, root: TestClient, anon: TestClient) -> None:
+    import subprocess
+
+    assert root.post("/auth/token", json={"user": "cigri-no-such-user"}).status_code == 403
+    ensure_user("cigri-gone")
+    try:
+        tok = root.post("/auth/token", json={"user": "cigri-gone"}).json()["token"]
+        h = {"Authorization": f"Bearer {tok}"}
+        assert anon.get("/notifications", headers=h).status_code == 200
+    finally:
+        subprocess.run(["userdel", "-r", "cigri-gone"], check=True, capture_output=True)
+    r = anon.get("/notifications", headers=h)
+    assert r.status_code == 403 and "no longer exists" in r.json()["message"]
+
+
+def test_tokens_are_revoked_by_jti(app: Any, alice: TestClient, bob: TestClient, root: TestClient,
+                                   anon: TestClient) -> None:
+    import jwt
+
+    t1, t2 = (alice.post("/auth/token").json()["token"] for _ in range(2))
+    h1, h2 = ({"Authorization": f"Bearer {t}"} for t in (t1, t2))
+    assert anon.get("/notifications", headers=h1).status_code == 200
+    # the holder revokes the token it presents; the other token of alice still works
+    r = anon.delete("/auth/token", headers=h1)
+    assert r.status_code == 202
+    r = anon.get("/notifications", headers=h1)
+    assert r.status_code == 403 and "revoked" in r.json()["message"]
+    assert anon.get("/notifications", headers=h2).status_code == 200
+    # only an admin revokes by jti
+    jti2 = jwt.decode(t2, options={"verify_signature": False})["jti"]
+    assert bob.delete(f"/auth/token?jti={jti2}").status_code == 403
+    assert anon.get("/notifications", headers=h2).status_code == 200
+    assert root.delete(f"/auth/token?jti={jti2}").status_code == 202
+    assert anon.get("/notifications", headers=h2).status_code == 403
+
+
+# --------------------------------------------------------------------------- #11 item 9
+def test_both_identity_header_spellings_from_trusted_proxies(api_conf: Any, pg_engine: Engine,
+                                                             clusters: dict[str, int]) -> None:
+    """CiGri3's Apache set `X_CIGRI_USER`; both spellings count, from trusted proxies only."""
+    from cigri.api.app import create_app
+
+    app = create_app(api_conf.with_values(API_TRUSTED_PROXIES="testclient"))
+    with TestClient(app) as proxy:
+        r = proxy.post("/campaigns", json=JDL, headers={"X_CIGRI_USER": "carol"})
+        assert r.status_code == 201 and r.json()["user"] == "carol"
+        r = proxy.post("/campaigns", json=JDL, headers={"X-Cigri-User": "carol"})
+        assert r.status_code == 201 and r.json()["user"] == "carol"
+        # a proxy that sets one spelling and lets the client's other one through: refused
+        r = proxy.post("/campaigns", json=JDL, headers={"X-Cigri-User": "carol", "X_CIGRI_USER": "root"})
+        assert r.status_code == 403 and "conflicting" in r.json()["message"]
+    app = create_app(api_conf)  # the test client is not a trusted proxy here
+    with TestClient(app) as stranger:
+        r = stranger.post("/campaigns", json=JDL, headers={"X_CIGRI_USER": "carol"})
+        assert r.status_code == 403 and "not a trusted proxy" in r.json()["message"]
+    assert _campaigns(pg_engine) == 2
