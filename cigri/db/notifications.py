@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.addresses import BadAddress, check_identity
 from cigri.db.schema import user_notifications
 from cigri.errors import NotFound, ParseError
 
@@ -40,6 +41,10 @@ def add_subscription(conn: Connection, grid_user: str, api_type: str, identity: 
         raise NotFound(f"Unknown notification type {api_type}")
     if not identity or not isinstance(identity, str):
         raise ParseError("identity is required")
+    try:
+        check_identity(ntype, identity)
+    except BadAddress as e:
+        raise ParseError(f"Invalid {api_type} address: {e}") from None
     if severity not in SEVERITIES:
         raise ParseError("Severity should be 'low', 'medium' or 'high'")
     dup = conn.execute(sa.select(user_notifications.c.id).where(

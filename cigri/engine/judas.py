@@ -40,6 +40,7 @@ class PassResult:
     messages: list[Message] = field(default_factory=list)
     marked: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)  # kept unnotified: their server was unreachable
 
 
 def _selected(ev: dict[str, Any]) -> bool:
@@ -67,10 +68,11 @@ def build_messages(evs: list[dict[str, Any]], owners: dict[int, str], names: dic
         first = min(group, key=lambda e: e["id"])
         msgs.append(Message(f"{len(group)} {code} event(s) on campaign #{cid}",
                             f"You have {code} event(s) on campaign #{cid}. Please, check cigri events. "
-                            f"The first event says:\n{first['message'] or ''}", "high", user=owners.get(cid)))
+                            f"The first event says:\n{first['message'] or ''}", "high", user=owners.get(cid),
+                            events=[int(e["id"]) for e in group]))
     # blacklists
     evs, rest = rest, []
-    seen_pairs: set[tuple[int, int]] = set()
+    seen_pairs: dict[tuple[int, int], Message] = {}
     for ev in evs:
         if ev["code"] != "BLACKLIST":
             rest.append(ev)
@@ -80,31 +82,35 @@ def build_messages(evs: list[dict[str, Any]], owners: dict[int, str], names: dic
         if ev["class"] == "campaign" and ev["campaign_id"] is not None:
             key = (int(ev["campaign_id"]), int(cl or 0))
             if key in seen_pairs:
+                seen_pairs[key].events.append(int(ev["id"]))
                 continue
-            seen_pairs.add(key)
             cid = key[0]
-            msgs.append(Message(f"Cluster {name} blacklisted for campaign #{cid}",
-                                f"Cluster {name} is blacklisted for campaign #{cid}, please check grid events for "
-                                "details", "high", user=owners.get(cid), admin=True, admin_severity="medium"))
+            seen_pairs[key] = Message(f"Cluster {name} blacklisted for campaign #{cid}",
+                                      f"Cluster {name} is blacklisted for campaign #{cid}, please check grid events "
+                                      "for details", "high", user=owners.get(cid), admin=True, admin_severity="medium",
+                                      events=[int(ev["id"])])
+            msgs.append(seen_pairs[key])
         else:
             msgs.append(Message(f"Cluster {name} blacklisted!",
                                 f"Cluster {name} is blacklisted because of event {ev['parent']}", "high",
-                                admin=True))
+                                admin=True, events=[int(ev["id"])]))
     # log events (admin), capped
     logs = [e for e in rest if e["class"] == "log"]
     rest = [e for e in rest if e["class"] != "log"]
     cap = int(conf.get("NOTIFICATIONS_MAX_LOG"))
     if len(logs) > cap:
         msgs.append(Message("Too many log events!", f"{len(logs)} new log events: only the first {cap} are "
-                            "notified. Please check the events with gridevents.", "high", admin=True))
+                            "notified. Please check the events with gridevents.", "high", admin=True,
+                            events=[int(e["id"]) for e in logs[cap:]]))
     for ev in logs[:cap]:
         msgs.append(Message(f"New log event #{ev['id']}: {ev['code']}", ev["message"] or "",
-                            "high" if ev["code"] in HIGH_LOG else "low", admin=True))
+                            "high" if ev["code"] in HIGH_LOG else "low", admin=True, events=[int(ev["id"])]))
     # generic events, capped
     cap = int(conf.get("NOTIFICATIONS_MAX_EVENTS"))
     if len(rest) > cap:
         msgs.append(Message("Too many events!", f"{len(rest)} new events: only the first {cap} are notified. "
-                            "Please check the events with gridevents.", "high", admin=True))
+                            "Please check the events with gridevents.", "high", admin=True,
+                            events=[int(e["id"]) for e in rest[cap:]]))
     for ev in rest[:cap]:
         sev = "low" if ev["code"] == "NEW_CAMPAIGN" else "medium" if ev["code"] in MEDIUM else "high"
         subject = f"New event #{ev['id']}: {ev['code']}"
@@ -116,15 +122,20 @@ def build_messages(evs: list[dict[str, Any]], owners: dict[int, str], names: dic
         if ev["parent"] is not None:
             subject += f" because of event #{ev['parent']}"
         if cid is not None:
-            msgs.append(Message(subject, ev["message"] or "", sev, user=owners.get(int(cid))))
+            msgs.append(Message(subject, ev["message"] or "", sev, user=owners.get(int(cid)), events=[int(ev["id"])]))
         else:
-            msgs.append(Message(subject, ev["message"] or "", sev, admin=True))
+            msgs.append(Message(subject, ev["message"] or "", sev, admin=True, events=[int(ev["id"])]))
     return msgs
 
 
 def notification_pass(engine: Engine, conf: Conf | None = None, notifier: Notifier | None = None) -> PassResult:
     """Read the unnotified events, send, then mark them (sending happens outside any
-    transaction so colombo and the runners are never blocked by a slow SMTP server)."""
+    transaction so colombo and the runners are never blocked by a slow SMTP server).
+
+    Each message is delivered to each recipient independently: a malformed address, a
+    refused recipient or a failing channel costs only that delivery. A message is kept for
+    the next pass only when its server could not be reached and nobody got it, so no one
+    receives a message twice."""
     conf = conf or get_conf()
     res = PassResult()
     with engine.connect() as conn:
@@ -148,16 +159,23 @@ def notification_pass(engine: Engine, conf: Conf | None = None, notifier: Notifi
         res.messages = build_messages(chosen, owners, names, conf)
         own = notifier is None
         notifier = notifier or Notifier(conf)
+        retry: set[int] = set()
         try:
             for msg in res.messages:
-                notifier.send(conn, msg)
+                outcome = notifier.send(conn, msg)
+                if outcome.unreachable and not outcome.delivered:
+                    retry.update(msg.events)
         finally:
             if own:
                 notifier.close()
-    res.marked = [int(e["id"]) for e in chosen] + res.skipped
+    res.retried = sorted(retry)
+    res.marked = [int(e["id"]) for e in chosen if int(e["id"]) not in retry] + res.skipped
     with transaction(engine) as conn:
         for i in range(0, len(res.marked), 1000):
             conn.execute(events.update().where(events.c.id.in_(res.marked[i:i + 1000])).values(notified=True))
     if res.messages:
         log.info("Notification pass: %d messages for %d events", len(res.messages), len(chosen))
+    if retry:
+        log.warning("Notification pass: %d events kept for the next pass (notification server unreachable)",
+                    len(retry))
     return res

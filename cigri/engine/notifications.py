@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import smtplib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from cigri.addresses import BadAddress, check_identity
 from cigri.config import Conf
 from cigri.db.notifications import subscriptions_for
 
@@ -42,15 +43,30 @@ class Message:
     user: str | None = None  # grid login of the recipient (campaign owner)
     admin: bool = False
     admin_severity: str | None = None  # admin copy severity (default: severity)
+    events: list[int] = field(default_factory=list)  # the events this message tells about
+
+
+@dataclass
+class Outcome:
+    """What became of one message: deliveries made, refused or impossible (not retried), and
+    deliveries whose server could not be reached (worth another try)."""
+
+    delivered: int = 0
+    failed: int = 0
+    unreachable: int = 0
+
+
+OK, FAILED, UNREACHABLE = "ok", "failed", "unreachable"
 
 
 class Notifier:
-    """Delivers messages; keep one per notification pass (it holds the SMTP connection)."""
+    """Delivers messages; keep one per notification pass (it holds the SMTP connection).
+    Every delivery is independent: none can raise, each is logged when it fails."""
 
     def __init__(self, conf: Conf):
         self.conf = conf
         self._smtp: smtplib.SMTP | None = None
-        self._smtp_broken = False
+        self._smtp_down = False
         self._xmpp_warned = False
         self.sent: list[tuple[str, str, str]] = []  # (type, identity, subject line) for the log/tests
 
@@ -67,42 +83,72 @@ class Notifier:
             out += [(s, True) for s in subscriptions(conn, ADMIN_LOGIN) if self._rank(s.get("severity")) <= level]
         return out
 
-    def send(self, conn: Connection, msg: Message) -> None:
+    def send(self, conn: Connection, msg: Message) -> Outcome:
+        outcome = Outcome()
         for sub, admin in self.recipients(conn, msg):
-            kind, identity = sub.get("type"), sub.get("identity") or ""
-            sev = (msg.admin_severity or msg.severity) if admin else msg.severity
-            line = f"{self.conf.get('NOTIFICATIONS_SMTP_SUBJECT_TAG')} ({sev}): {msg.subject}"
-            if kind == "mail":
-                self._mail(identity, line, msg.body or msg.subject)
-            elif kind == "log":
-                log.info("Notification for %s: %s %s", identity, line, msg.body)
-                self.sent.append(("log", identity, line))
-            elif kind == "xmpp":
-                if not self._xmpp_warned:
-                    log.warning("XMPP notifications are unavailable (no XMPP library installed): "
-                                "messages to %s are not delivered", identity)
-                    self._xmpp_warned = True
+            try:
+                result = self._deliver(sub, admin, msg)
+            except Exception:  # noqa: BLE001 - one delivery never stops the others
+                log.exception("Notification to %r (%s) failed", sub.get("identity"), sub.get("type"))
+                result = FAILED
+            if result == OK:
+                outcome.delivered += 1
+            elif result == UNREACHABLE:
+                outcome.unreachable += 1
             else:
-                log.error("Unknown notification type %r for %s", kind, identity)
+                outcome.failed += 1
+        return outcome
 
-    def _mail(self, to: str, subject: str, body: str) -> None:
+    def _deliver(self, sub: dict[str, Any], admin: bool, msg: Message) -> str:
+        kind, identity = sub.get("type"), sub.get("identity") or ""
+        try:
+            check_identity(str(kind), identity)
+        except BadAddress as e:
+            log.error("Notification for %s not sent: %s (subscription %s of %s)", kind, e, sub.get("id"),
+                      sub.get("grid_user"))
+            return FAILED
+        sev = (msg.admin_severity or msg.severity) if admin else msg.severity
+        line = f"{self.conf.get('NOTIFICATIONS_SMTP_SUBJECT_TAG')} ({sev}): {msg.subject}"
+        if kind == "mail":
+            return self._mail(identity, line, msg.body or msg.subject)
+        if kind == "log":
+            log.info("Notification for %s: %s %s", identity, line, msg.body)
+            self.sent.append(("log", identity, line))
+            return OK
+        if kind == "xmpp":
+            if not self._xmpp_warned:
+                log.warning("XMPP notifications are unavailable (no XMPP library installed): "
+                            "messages to %s are not delivered", identity)
+                self._xmpp_warned = True
+            return FAILED
+        log.error("Unknown notification type %r for %s", kind, identity)
+        return FAILED
+
+    def _mail(self, to: str, subject: str, body: str) -> str:
         server = self.conf.get("NOTIFICATIONS_SMTP_SERVER")
-        if not server or self._smtp_broken:
-            return
+        if not server:
+            return FAILED  # mail notifications are off
+        if self._smtp_down:
+            return UNREACHABLE  # one failed connection per pass, not one per message
         em = EmailMessage()
         em["From"] = self.conf.get("NOTIFICATIONS_SMTP_FROM")
         em["To"] = to
-        em["Subject"] = subject
+        em["Subject"] = subject.replace("\r", " ").replace("\n", " ")
         em.set_content(body)
         try:
             if self._smtp is None:
                 self._smtp = smtplib.SMTP(server, int(self.conf.get("NOTIFICATIONS_SMTP_PORT")), timeout=30)
             self._smtp.send_message(em)
-            self.sent.append(("mail", to, subject))
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as e:
+            log.error("The mail server %s refused the mail to %s: %s", server, to, e)
+            return FAILED
         except (OSError, smtplib.SMTPException) as e:
             log.error("Could not send mail to %s through %s: %s", to, server, e)
             self.close()
-            self._smtp_broken = True  # one failure per pass, not one per message
+            self._smtp_down = True
+            return UNREACHABLE
+        self.sent.append(("mail", to, subject))
+        return OK
 
     def close(self) -> None:
         if self._smtp is not None:

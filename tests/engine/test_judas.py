@@ -133,13 +133,71 @@ def test_severity_filter_and_log_type(pg_engine, jconf, smtp, caplog):
     assert any("XMPP notifications are unavailable" in r.getMessage() for r in caplog.records)
 
 
-def test_smtp_down_is_logged_not_fatal(pg_engine, pg_conf, caplog):
-    conf = pg_conf.with_values(NOTIFICATIONS_SMTP_SERVER="127.0.0.1", NOTIFICATIONS_SMTP_PORT=_free_port())
+def test_smtp_down_is_logged_and_retried_later(pg_engine, pg_conf, caplog):
+    """An unreachable mail server loses nothing: the events wait for the next pass, which
+    delivers each message once when the server is back."""
+    port = _free_port()
+    conf = pg_conf.with_values(NOTIFICATIONS_SMTP_SERVER="127.0.0.1", NOTIFICATIONS_SMTP_PORT=port)
     _subscribe(pg_engine, "%%admin%%", "admin@example.org", "low")
     with pg_engine.begin() as c:
         for i in range(3):
             eventsdb.create_event(c, "log", "ALMIGHTY_STARTING", state="closed", message=f"start {i}")
     res = judas.notification_pass(pg_engine, conf)
-    assert len(res.marked) == 3
+    assert res.marked == [] and len(res.retried) == 3
     # one failed connection per pass, not one per message
     assert sum("Could not send mail" in r.getMessage() for r in caplog.records) == 1
+    inbox = Inbox()
+    ctl = Controller(inbox, hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        assert len(judas.notification_pass(pg_engine, conf).marked) == 3
+        assert judas.notification_pass(pg_engine, conf).messages == []
+    finally:
+        ctl.stop()
+    assert inbox.subjects() == [f"[CIGRI] (high): New log event #{i}: ALMIGHTY_STARTING" for i in (1, 2, 3)]
+
+
+class RefusingInbox(Inbox):
+    """A mail server that has no mailbox for some addresses (550 at RCPT TO)."""
+
+    def __init__(self, refused):
+        super().__init__()
+        self.refused = set(refused)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 - aiosmtpd API
+        if address in self.refused:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_one_bad_address_never_blocks_the_others(pg_engine, pg_conf, caplog):
+    """Issue #10 item 4: a header-injection address stored before validation existed (or by
+    CiGri3), and an address the server refuses, cost only their own deliveries; every event
+    is marked in the first pass and nobody gets a message twice."""
+    inbox = RefusingInbox({"gone@example.org"})
+    ctl = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    ctl.start()
+    try:
+        conf = pg_conf.with_values(NOTIFICATIONS_SMTP_SERVER="127.0.0.1", NOTIFICATIONS_SMTP_PORT=ctl.port)
+        cl = add_cluster(pg_engine, "dahu")
+        c_bob = make_campaign(pg_engine, "bob", [cl], n_tasks=0)
+        c_ann = make_campaign(pg_engine, "ann", [cl], n_tasks=0)
+        _subscribe(pg_engine, "bob", "bob@example.org\r\nBcc: victim@example.org", "low")
+        _subscribe(pg_engine, "bob", "gone@example.org", "low")
+        _subscribe(pg_engine, "bob", "bob@example.org", "low")
+        _subscribe(pg_engine, "ann", "ann@example.org", "low")
+        with pg_engine.begin() as c:
+            for cid in (c_bob, c_ann, c_bob):
+                eventsdb.create_event(c, "campaign", "USER_FIX", campaign_id=cid, message="m")
+        first = judas.notification_pass(pg_engine, conf)
+        assert len(first.marked) == 3 and first.retried == []
+        assert judas.notification_pass(pg_engine, conf).messages == []
+    finally:
+        ctl.stop()
+    to = sorted(m["X-Rcpt"] for m in inbox.messages)
+    assert to == ["ann@example.org", "bob@example.org", "bob@example.org"]
+    assert not any("victim" in str(m) for m in inbox.messages)
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum("contains a carriage return" in m for m in logged) == 2
+    assert sum("refused the mail to gone@example.org" in m for m in logged) == 2
