@@ -22,7 +22,7 @@ from cigri.db.events import close_events, create_event
 from cigri.db.notify import METASCHEDULER, notify
 from cigri.db.schema import events
 from cigri.errors import CigriError, NotFound, ParseError, StateError, Unauthorized
-from cigri.states import ACTIVE_JOB_STATES, check_campaign_transition
+from cigri.states import ENDED_CAMPAIGN_STATES, UNFINISHED_JOB_STATES, check_campaign_transition
 
 log = logging.getLogger("cigri.campaigns")
 
@@ -298,10 +298,10 @@ def purge_campaign(engine: Engine, cid: int, user: str, admins: Iterable[str] | 
     admins = _admins(admins)
     with engine.begin() as conn:
         row = check_rights(conn, cid, user, admins, for_update=True)
-        if row["state"] not in ("terminated", "cancelled"):
+        if row["state"] not in ENDED_CAMPAIGN_STATES:
             raise StateError(f"Can't purge a {row['state']} campaign: only terminated or cancelled campaigns "
                              "can be purged (cancel it first)")
-        active = dbc.count_active_jobs(conn, int(cid), ACTIVE_JOB_STATES + ("launching",))
+        active = dbc.count_active_jobs(conn, int(cid), UNFINISHED_JOB_STATES)
         if active:
             raise StateError(f"Campaign {cid} still has {active} active jobs: wait for them to be killed")
         n = dbp.count_parameters(conn, int(cid))

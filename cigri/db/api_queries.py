@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.db.jobs import change_state
 from cigri.db.schema import (
     bag_of_tasks,
     campaign_properties,
@@ -31,9 +32,9 @@ from cigri.db.schema import (
     users_mapping,
 )
 from cigri.errors import NotFound
-from cigri.states import ACTIVE_JOB_STATES
+from cigri.states import ACTIVE_JOB_STATES, LIVE_CAMPAIGN_STATES, JobState, sources_of
 
-LISTED_CAMPAIGN_STATES = ("in_treatment", "paused")
+LISTED_CAMPAIGN_STATES = LIVE_CAMPAIGN_STATES
 HIDDEN_ALL_EVENT_CODES = ("REMOTE_WAITING_FRAG", "FRAG_RESUBMIT_BY_NIKITA")
 
 
@@ -488,7 +489,7 @@ def set_job_event_state(conn: Connection, job_id: int) -> int | None:
     cid = conn.execute(sa.select(jobs.c.campaign_id).where(jobs.c.id == job_id)).scalar()
     if cid is None:
         raise NotFound(f"Job {job_id} not found")
-    conn.execute(jobs.update().where(jobs.c.id == job_id).values(state="event"))
+    change_state(conn, job_id, sources_of(JobState.EVENT), JobState.EVENT)
     return int(cid)
 
 

@@ -1,13 +1,61 @@
-"""Jobs (execution attempts), resubmission and task affinity. Shared by the runner,
-colombo, nikita and the API; the engine engineers extend this module."""
+"""Jobs (execution attempts): their state changes, resubmission and task affinity.
+
+`change_state` and `change_states` are the only writers of `jobs.state`: every change is
+a guarded UPDATE (`WHERE state IN (old…)`, so a job changed meanwhile by another daemon
+is left alone) and a transition `cigri.states.JOB_TRANSITIONS` forbids raises StateError
+before anything is written. New jobs are created `to_launch` by the queue (cigri.db.queue)
+or directly for prologue/epilogue jobs."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cigri.db.engine import is_sqlite
 from cigri.db.schema import bag_of_tasks, campaigns, jobs, tasks_affinity
+from cigri.states import LIVE_CAMPAIGN_STATES, JobState, check_job_transition
+
+_CHUNK = 5000  # ids per statement (bounded IN lists)
+
+
+def _olds(old: str | Iterable[str]) -> tuple[JobState, ...]:
+    return (JobState(old),) if isinstance(old, str) else tuple(JobState(o) for o in old)
+
+
+def change_state(conn: Connection, job_ids: int | Sequence[int], old: str | Iterable[str], new: str,
+                 **values: Any) -> list[int]:
+    """Jobs still in `old` (one state or several) go to `new`, with the other columns in
+    `values`; returns the ids changed. Nothing is written if any old -> new is forbidden."""
+    olds = _olds(old)
+    new = JobState(new)
+    for o in olds:
+        check_job_transition(o, new)
+    ids = [job_ids] if isinstance(job_ids, int) else [int(i) for i in job_ids]
+    changed: list[int] = []
+    for i in range(0, len(ids), _CHUNK):
+        stmt = (jobs.update().where(jobs.c.id.in_(ids[i:i + _CHUNK]), jobs.c.state.in_(olds))
+                .values(state=new, **values).returning(jobs.c.id))
+        changed += [int(r[0]) for r in conn.execute(stmt)]
+    return changed
+
+
+def change_states(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Many guarded changes, each with its own values (a runner's poll), in a few
+    statements: every row has `id`, `old`, `new` and the other columns to set. Rows whose
+    job changed meanwhile are not touched. Nothing is written if one row is forbidden."""
+    for r in rows:
+        check_job_transition(JobState(r["old"]), JobState(r["new"]))
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(sorted(k for k in r if k not in ("id", "old", "new"))), []).append(r)
+    for cols, group in groups.items():
+        stmt = (jobs.update().where(jobs.c.id == sa.bindparam("b_id"), jobs.c.state == sa.bindparam("b_old"))
+                .values(state=sa.bindparam("b_new"), **{c: sa.bindparam(f"b_{c}") for c in cols}))
+        conn.execute(stmt, [{f"b_{k}": (str(v) if k in ("old", "new") else v) for k, v in r.items()}
+                            for r in group])
 
 RESUBMIT_PRIORITY = 20
 RESUBMIT_END_PRIORITY = 0
@@ -28,7 +76,7 @@ def resubmit_job(conn: Connection, job_id: int, priority: int = RESUBMIT_PRIORIT
     ).first()
     if row is None or row.tag in ("prologue", "epilogue") or row.param_id == 0:
         return False
-    if row.state not in ("in_treatment", "paused"):
+    if row.state not in LIVE_CAMPAIGN_STATES:
         return False
     conn.execute(bag_of_tasks.insert().values(campaign_id=row.campaign_id, param_id=row.param_id,
                                               priority=priority))

@@ -8,8 +8,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cigri.db.schema import bag_of_tasks, campaigns, clusters, events, jobs
+from cigri.states import UNFINISHED_JOB_STATES
 
-ACTIVE = ("to_launch", "launching", "submitted", "remote_waiting", "running", "batch_waiting")
+ACTIVE = UNFINISHED_JOB_STATES
 
 
 def ensure_local_cluster(conn: Connection, name: str = "local", api_url: str = "local://") -> int:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cigri.db.schema import campaign_properties, campaigns, jobs, parameters, taps
-from cigri.states import POLLED_JOB_STATES
+from cigri.states import LIVE_CAMPAIGN_STATES, POLLED_JOB_STATES
 
 
 @dataclass
@@ -108,40 +108,8 @@ def live_campaigns(conn: Connection, cluster_id: int) -> list[int]:
     """in_treatment/paused campaigns having properties on this cluster (taps to initialise)."""
     q = (sa.select(campaigns.c.id).distinct()
          .select_from(campaigns.join(campaign_properties, campaign_properties.c.campaign_id == campaigns.c.id))
-         .where(campaigns.c.state.in_(["in_treatment", "paused"]), campaign_properties.c.cluster_id == cluster_id))
+         .where(campaigns.c.state.in_(LIVE_CAMPAIGN_STATES), campaign_properties.c.cluster_id == cluster_id))
     return [int(r[0]) for r in conn.execute(q)]
-
-
-def set_state(conn: Connection, job_id: int, old_state: str, new_state: str, **values: Any) -> bool:
-    """Guarded transition: applied only if the job is still in `old_state`."""
-    res = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == old_state)
-                       .values(state=new_state, **values))
-    return bool(res.rowcount)
-
-
-def set_states_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Many guarded transitions in a few statements (executemany): each row has `id`, `old`,
-    `new` and the other columns to set. Rows whose job changed meanwhile are not touched."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(tuple(sorted(k for k in r if k not in ("id", "old", "new"))), []).append(r)
-    for cols, group in groups.items():
-        stmt = (jobs.update().where(jobs.c.id == sa.bindparam("b_id"), jobs.c.state == sa.bindparam("b_old"))
-                .values(state=sa.bindparam("b_new"), **{c: sa.bindparam(f"b_{c}") for c in cols}))
-        conn.execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in group])
-
-
-def set_states(conn: Connection, job_ids: list[int], old_states: Iterable[str], new_state: str,
-               **values: Any) -> int:
-    if not job_ids:
-        return 0
-    res = conn.execute(jobs.update().where(jobs.c.id.in_(job_ids), jobs.c.state.in_(list(old_states)))
-                       .values(state=new_state, **values))
-    return int(res.rowcount or 0)
-
-
-def update_job(conn: Connection, job_id: int, **values: Any) -> None:
-    conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
 
 
 def reset_and_close_taps(conn: Connection, cluster_id: int, rate: int, t: datetime) -> None:

@@ -26,11 +26,7 @@ from cigri.db.schema import (
     tasks_affinity,
     users_priority,
 )
-
-#: job states that occupy a (campaign, cluster) pair for max_jobs (spec §6.2, plus
-#: batch_waiting §15.2 #1 and launching, which CiGri3 forgot).
-OCCUPYING_STATES = ("to_launch", "launching", "submitted", "running", "remote_waiting", "batch_waiting")
-IN_PROGRESS_STATES = ("to_launch", "launching", "submitted", "running", "remote_waiting", "batch_waiting")
+from cigri.states import ACTIVE_JOB_STATES, UNFINISHED_JOB_STATES
 
 #: the campaign_properties the engine reads (listed so the (name, campaign_id) index is used).
 PROPERTY_NAMES = ("checkpointing_type", "dimensional_grouping", "epilogue", "exec_file", "output_destination",
@@ -102,7 +98,7 @@ def occupying_counts(conn: Connection, campaign_ids: Sequence[int]) -> dict[tupl
     if not campaign_ids:
         return {}
     q = (sa.select(jobs.c.cluster_id, jobs.c.campaign_id, sa.func.count())
-         .where(jobs.c.state.in_(OCCUPYING_STATES), jobs.c.campaign_id.in_(list(campaign_ids)))
+         .where(jobs.c.state.in_(UNFINISHED_JOB_STATES), jobs.c.campaign_id.in_(list(campaign_ids)))
          .group_by(jobs.c.cluster_id, jobs.c.campaign_id))
     return {(int(cl), int(ca)): int(n) for cl, ca, n in conn.execute(q) if cl is not None}
 
@@ -189,7 +185,7 @@ def progress(conn: Connection, campaign_ids: Sequence[int]) -> dict[int, Progres
 
     c = campaigns
     b = bag_of_tasks
-    active = tuple(s for s in IN_PROGRESS_STATES if s != "launching")
+    active = ACTIVE_JOB_STATES
     q = sa.select(
         c.c.id,
         sa.exists(sa.select(b.c.id).where(b.c.campaign_id == c.c.id)).label("tasks"),

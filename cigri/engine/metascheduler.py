@@ -22,6 +22,7 @@ from cigri.db import scheduling as sdb
 from cigri.db.engine import transaction
 from cigri.db.notify import notify as db_notify
 from cigri.db.notify import runner_channel
+from cigri.states import UNFINISHED_JOB_STATES
 
 log = logging.getLogger("cigri.metascheduler")
 
@@ -123,7 +124,7 @@ def launch_prologues_epilogues(conn: Connection, campaigns: list[sdb.RunningCamp
             key = (int(j["cluster_id"] or 0), int(j["campaign_id"]))
             if j["state"] == "terminated":
                 done.add(key)
-            elif j["state"] in sdb.IN_PROGRESS_STATES:
+            elif j["state"] in UNFINISHED_JOB_STATES:
                 running.add(key)
         prog = sdb.progress(conn, ids) if tag == "epilogue" else {}
         for ca in ids:

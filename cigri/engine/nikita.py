@@ -32,11 +32,10 @@ from cigri.db.clusters import get_cluster, user_mapping
 from cigri.db.engine import transaction
 from cigri.db.notify import COLOMBO, JUDAS, METASCHEDULER, notify
 from cigri.db.schema import bag_of_tasks, campaigns, events, jobs, jobs_to_launch, now, parameters, tasks_affinity
+from cigri.states import ENDED_CAMPAIGN_STATES, FINAL_JOB_STATES, UNFINISHED_JOB_STATES, JobState
 
 log = logging.getLogger("cigri.nikita")
 
-KILLABLE = ("submitted", "running", "remote_waiting", "batch_waiting")
-NOT_FINAL = ("to_launch", "launching", "submitted", "running", "remote_waiting", "batch_waiting")
 
 AdapterFactory = Callable[[Any, Conf, dict[str, str]], ClusterAdapter]
 
@@ -140,9 +139,7 @@ def _jobs_with_event(conn: Connection, code: str, job_ids: list[int]) -> set[int
 def _stop(engine: Engine, job: dict[str, Any], message: str) -> None:
     """The job is dead for CiGri: state event + closed USER_FRAG trace, in one transaction."""
     with transaction(engine) as conn:
-        res = conn.execute(jobs.update().where(jobs.c.id == job["id"], jobs.c.state.in_(NOT_FINAL))
-                           .values(state="event", stop_time=now()))
-        if res.rowcount:
+        if jobsdb.change_state(conn, int(job["id"]), UNFINISHED_JOB_STATES, JobState.EVENT, stop_time=now()):
             eventsdb.create_event(conn, "job", "USER_FRAG", state="closed", job_id=job["id"],
                                   campaign_id=job["campaign_id"], cluster_id=job["cluster_id"], message=message,
                                   notified=True)
@@ -153,13 +150,11 @@ def kill_job(engine: Engine, killer: Killer, job: dict[str, Any]) -> bool | None
     None: not possible yet (launching / submission in progress), retry silently."""
     msg = "Nikita requested to kill the job because of a USER_FRAG event"
     state = job["state"]
-    if state in ("terminated", "event"):
+    if state in FINAL_JOB_STATES:
         return True
     if state == "to_launch":
         with transaction(engine) as conn:
-            res = conn.execute(jobs.update().where(jobs.c.id == job["id"], jobs.c.state == "to_launch")
-                               .values(state="event"))
-            if res.rowcount:
+            if jobsdb.change_state(conn, int(job["id"]), JobState.TO_LAUNCH, JobState.EVENT):
                 eventsdb.create_event(conn, "job", "USER_FRAG", state="closed", job_id=job["id"],
                                       campaign_id=job["campaign_id"], cluster_id=job["cluster_id"],
                                       message="Cancelled before submission", notified=True)
@@ -227,7 +222,7 @@ def cancel_campaigns(engine: Engine, killer: Killer, res: NikitaResult) -> None:
             conn.execute(events.update().where(events.c["class"] == "job", events.c.campaign_id == campaign_id,
                                                events.c.state == "open", events.c.code != "USER_FRAG")
                          .values(state="closed", date_closed=now()))
-            todo = _job_rows(conn, sa.and_(jobs.c.campaign_id == campaign_id, jobs.c.state.in_(NOT_FINAL)))
+            todo = _job_rows(conn, sa.and_(jobs.c.campaign_id == campaign_id, jobs.c.state.in_(UNFINISHED_JOB_STATES)))
             reported = _jobs_with_event(conn, "NIKITA_KILL_PROBLEM", [j["id"] for j in todo])
         if _kill_all(engine, killer, todo, reported, res):
             _close_frag(engine, ev_id, res)
@@ -337,7 +332,7 @@ def clean_affinity(engine: Engine, conf: Conf) -> bool:
             return False
         dead = sa.select(parameters.c.id).select_from(
             parameters.join(campaigns, campaigns.c.id == parameters.c.campaign_id)).where(
-            campaigns.c.state.in_(("terminated", "cancelled")))
+            campaigns.c.state.in_(ENDED_CAMPAIGN_STATES))
         conn.execute(tasks_affinity.delete().where(tasks_affinity.c.param_id.in_(dead)))
         conn.execute(events.delete().where(events.c["class"] == "log", events.c.code == "NIKITA_CLEAN_AFFINITY"))
         eventsdb.create_event(conn, "log", "NIKITA_CLEAN_AFFINITY", state="closed", notified=True,

@@ -43,11 +43,12 @@ from cigri.db import runner as db
 from cigri.db import taps as dbtaps
 from cigri.db.clusters import get_cluster, user_mapping
 from cigri.db.events import campaign_blacklists, cluster_blacklisted, create_event
-from cigri.db.jobs import decrease_affinity, new_batch_id
+from cigri.db.jobs import change_state, change_states, decrease_affinity, new_batch_id
 from cigri.db.schema import now
 from cigri.engine.analysis import Analysis, analyze_remote_job
 from cigri.errors import NotFound
 from cigri.event_codes import KILL_CAUSE_WORDS
+from cigri.states import JobState
 
 log = logging.getLogger("cigri.runner")
 
@@ -237,9 +238,10 @@ class Runner:
             for j in stuck:
                 match = matches.get(j.id)
                 if match is not None:
-                    db.set_state(conn, j.id, "launching", "submitted", remote_id=match, submission_time=now())
+                    change_state(conn, j.id, JobState.LAUNCHING, JobState.SUBMITTED, remote_id=match,
+                                 submission_time=now())
                     log.info("Adopted job %s: OAR had accepted it as %s before the runner stopped", j.id, match)
-                elif db.set_state(conn, j.id, "launching", "event"):
+                elif change_state(conn, j.id, JobState.LAUNCHING, JobState.EVENT):
                     create_event(conn, "job", "STUCK_LAUNCHING_JOB", job_id=j.id, cluster_id=self.cid,
                                  campaign_id=j.campaign_id,
                                  message=f"Runner {self.name} found this job stuck in the launching state "
@@ -480,7 +482,7 @@ class Runner:
                 if u.analysis is None and u.event is None:
                     plain.append({"id": j.id, "old": j.state, "new": u.new_state} | values)
                     continue
-                if not db.set_state(conn, j.id, j.state, u.new_state, **values):
+                if not change_state(conn, j.id, j.state, u.new_state, **values):
                     continue
                 ev = u.event
                 an = u.analysis
@@ -498,7 +500,7 @@ class Runner:
                     create_event(conn, "job", ev[0], job_id=j.id, cluster_id=self.cid, campaign_id=j.campaign_id,
                                  message=ev[1])
                     n_events += 1
-            db.set_states_many(conn, plain)
+            change_states(conn, plain)
             if n_events:
                 self._wake(conn, "COLOMBO")
                 self._wake(conn, "JUDAS")
@@ -634,7 +636,7 @@ class Runner:
     def _submit_batch(self, group: list[db.RunnerJob], p: dict[str, str], be: bool) -> int:
         with self.engine.begin() as conn:
             bid = new_batch_id(conn)
-            db.set_states(conn, [j.id for j in group], ["to_launch"], "to_launch", tag="batch", batch_id=bid)
+            change_state(conn, [j.id for j in group], JobState.TO_LAUNCH, JobState.TO_LAUNCH, tag="batch", batch_id=bid)
         for j in group:
             j.tag, j.batch_id = "batch", bid
         j0 = group[0]
@@ -651,7 +653,7 @@ class Runner:
         ids = [j.id for j in group]
         user = group[0].grid_user
         with self.engine.begin() as conn:
-            n = db.set_states(conn, ids, ["to_launch"], "launching")
+            n = len(change_state(conn, ids, JobState.TO_LAUNCH, JobState.LAUNCHING))
         if n != len(ids):  # changed meanwhile (cancelled): only submit what is still ours
             with self.engine.connect() as conn:
                 still = {j.id for j in db.jobs_in_states(conn, self.cid, ["launching"])}
@@ -673,7 +675,7 @@ class Runner:
             else:
                 pairs = list(zip(group, list(remote_ids) + [None] * (len(group) - len(remote_ids)), strict=False))
             # jobs without an id are left `launching`: the next cycle's reconciliation finds or resubmits them
-            db.set_states_many(conn, [{"id": j.id, "old": "launching", "new": "submitted", "remote_id": int(rid),
+            change_states(conn, [{"id": j.id, "old": "launching", "new": "submitted", "remote_id": int(rid),
                                        "submission_time": t, "cluster_id": self.cid}
                                       for j, rid in pairs if rid is not None])
         log.info("Submitted %s %s job(s) of campaign %s on %s", len(group), kind, group[0].campaign_id, self.name)
@@ -700,7 +702,7 @@ class Runner:
             else:
                 code, msg = "RUNNER_SUBMIT_ERROR", f"Could not submit jobs {ids} on {self.name}: {e}"
             for j in group:
-                if db.set_state(conn, j.id, "launching", "event"):
+                if change_state(conn, j.id, JobState.LAUNCHING, JobState.EVENT):
                     create_event(conn, "job", code, job_id=j.id, cluster_id=self.cid, campaign_id=j.campaign_id,
                                  message=msg)
             self._wake(conn, "COLOMBO")

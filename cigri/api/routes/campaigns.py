@@ -18,11 +18,11 @@ from cigri.api.policy import Caller
 from cigri.api.state import Api, get_api
 from cigri.db import api_queries as Q
 from cigri.errors import AdmissionRuleError, ParseError, StateError
+from cigri.states import JOB_STATES
 
 router = APIRouter()
 ApiDep = Annotated[Api, Depends(get_api)]
-TASK_STATES = ("to_launch", "launching", "submitted", "running", "remote_waiting", "batch_waiting",
-               "terminated", "event", "queued", "pending")
+TASK_STATES = (*JOB_STATES, "queued", "pending")
 
 
 def format_campaign(request: Request, c: dict[str, Any], finished: int, has_events: bool,
