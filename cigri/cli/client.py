@@ -113,9 +113,11 @@ class ApiResponse:
 
     @property
     def message(self) -> str:
+        from cigri.cli.formats import safe_text
+
         if isinstance(self.body, dict) and "message" in self.body:
-            return str(self.body["message"])
-        return self.text.strip() or f"HTTP {self.status}"
+            return safe_text(self.body["message"])
+        return safe_text(self.text.strip()) or f"HTTP {self.status}"
 
 
 # --------------------------------------------------------------------------- client
@@ -248,7 +250,9 @@ def _root_cause(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------- helpers for commands
 def err(msg: str) -> None:
-    click.echo(msg, err=True)
+    from cigri.cli.formats import safe_text
+
+    click.echo(safe_text(msg), err=True)
 
 
 def echo_json(data: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cigri.cli.client import CONTEXT, ApiClient, api_failure, echo_json, run_command, version_option
+from cigri.cli.formats import safe
 
 WIDTH = 80
 USAGE_KEYS = ("max_resources", "used_resources", "used_by_cigri", "unavailable_resources")
@@ -60,16 +61,16 @@ def cli(infos: bool, more: bool, usage: bool, bars: bool, as_json: bool) -> int:
     for c in items:
         cid = int(c["id"])
         d = details.get(cid, {})
-        line = f"{cid}: {c['name']}"
+        line = f"{cid}: {safe(c['name'])}"
         if infos:
-            line += f" , {d.get('ssh_host') or ''} (stress:{d.get('stress_factor')}"
+            line += f" , {safe(d.get('ssh_host'))} (stress:{safe(d.get('stress_factor'))}"
             line += ", BLACKLISTED" if d.get("blacklisted") else ""
             line += ", UNDER_STRESS" if d.get("under_stress") else ""
             line += ")"
         if more:
             for k, v in d.items():
                 if v is not None and k != "links":
-                    line += f"\n    {k}: {v}"
+                    line += f"\n    {safe(k)}: {safe(v)}"
         if usage:
             u = latest.get(cid)
             if u is None or d.get("blacklisted"):
@@ -78,7 +79,7 @@ def cli(infos: bool, more: bool, usage: bool, bars: bool, as_json: bool) -> int:
                 line += f" ({u.get('max_resources')} resources)\n    " + usage_bar(u)
             else:
                 for k in USAGE_KEYS:
-                    line += f"\n    {k}: {u.get(k)}"
+                    line += f"\n    {k}: {safe(u.get(k))}"
         click.echo(line)
     if bars:
         click.echo("Legend: " + click.style(" unavailable ", bg="red") + " " + click.style(" used ", bg="yellow")

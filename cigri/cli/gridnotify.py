@@ -7,6 +7,7 @@ import sys
 import click
 
 from cigri.cli.client import CONTEXT, ApiClient, CliError, api_failure, echo_json, run_command, version_option
+from cigri.cli.formats import safe
 
 
 @click.command(context_settings=CONTEXT, epilog="""\b
@@ -39,7 +40,8 @@ def cli(mail: str | None, jabber: str | None, severity: str | None, unsubscribe:
         click.echo("You have the following notification subscriptions:")
         for it in r.body.get("items", []):
             kind = "jabber" if it.get("type") == "xmpp" else it.get("type")
-            click.echo(f" - {kind} on {it.get('identity')} with severity {it.get('severity') or 'medium'}")
+            sev = safe(it.get("severity") or "medium")
+            click.echo(f" - {safe(kind)} on {safe(it.get('identity'))} with severity {sev}")
         if not mail and not jabber:
             return 0
     failed = False

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from cigri.cli.client import CONTEXT, ApiClient, CliError, api_failure, echo_json, run_command, version_option
-from cigri.cli.formats import CAMPAIGN_HEADER, campaign_line, local_time, print_events, progress, ruby
+from cigri.cli.formats import CAMPAIGN_HEADER, campaign_line, local_time, print_events, progress, ruby, safe, safe_text
 
 
 def _fmt_rate(v: float | None, per_hour: bool = False) -> str:
@@ -21,10 +21,10 @@ def _fmt_rate(v: float | None, per_hour: bool = False) -> str:
 
 def print_campaign(c: dict[str, Any], stats: dict[str, Any]) -> None:
     click.echo(f"Campaign: {c['id']}")
-    click.echo(f"  Name: {c.get('name')}")
-    click.echo(f"  User: {c.get('user')}")
+    click.echo(f"  Name: {safe(c.get('name'))}")
+    click.echo(f"  User: {safe(c.get('user'))}")
     click.echo(f"  Date: {local_time(c.get('submission_time'))}")
-    click.echo(f"  State: {c.get('state')}" + (" (events)" if c.get("has_events") else ""))
+    click.echo(f"  State: {safe(c.get('state'))}" + (" (events)" if c.get("has_events") else ""))
     click.echo(f"  Progress: {progress(c.get('finished_jobs') or 0, c.get('total_jobs') or 0)}")
     click.echo("  Stats: ")
     click.echo(f"    average_jobs_duration: {ruby(stats.get('average_jobs_duration'))}")
@@ -37,7 +37,7 @@ def print_campaign(c: dict[str, Any], stats: dict[str, Any]) -> None:
     click.echo(f"    resubmit_rate: {round(float(stats.get('resubmit_rate') or 0) * 100, 1)} %")
     click.echo("  Clusters: ")
     for cl in (c.get("clusters") or {}).values():
-        click.echo(f"    {cl.get('cluster_name')}:")
+        click.echo(f"    {safe(cl.get('cluster_name'))}:")
         for k in ("active_jobs", "queued_jobs", "prologue_ok", "epilogue_ok"):
             click.echo(f"      {k}: {ruby(cl.get(k))}")
 
@@ -95,7 +95,7 @@ def cli(campaign_arg: int | None, campaign: int | None, dump: bool, pretty: bool
                                                                                                       params=params)
         if out or errf:
             if r.ok and not as_json:
-                click.echo(r.body.get("output", ""), nl=False)
+                click.echo(safe_text(r.body.get("output", "")), nl=False)
                 return 0
             if r.ok:
                 echo_json(r.body)
@@ -110,7 +110,7 @@ def cli(campaign_arg: int | None, campaign: int | None, dump: bool, pretty: bool
             return 0
         for k, v in r.body.items():
             if k != "links":
-                click.echo(f"{k}: {json.dumps(v) if isinstance(v, dict | list) else ruby(v)}")
+                click.echo(f"{safe(k)}: {json.dumps(v) if isinstance(v, dict | list) else ruby(v)}")
         return 0
 
     if campaign is None:
@@ -196,7 +196,8 @@ def _jobs(api: ApiClient, campaign: int, offset: int | None, state: str | None, 
                 all_items.append(it)
             else:
                 click.echo(f"  {it['id']}: {_star(it.get('cigri_job_id'))},{_star(it.get('remote_id'))},"
-                           f"{it.get('state')},{_star(it.get('cluster'))},{it.get('name')},{it.get('parameters')}")
+                           f"{safe(it.get('state'))},{safe(_star(it.get('cluster')))},{safe(it.get('name'))},"
+                           f"{safe(it.get('parameters'))}")
         nxt = next((lk["href"] for lk in r.body.get("links", []) if lk.get("rel") == "next"), None)
         if not nxt or not items:
             break

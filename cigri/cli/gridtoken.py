@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from cigri.cli.client import CONTEXT, ApiClient, CliError, api_failure, echo_json, run_command, version_option
+from cigri.cli.formats import safe
 
 
 @click.command(context_settings=CONTEXT, epilog="""\b
@@ -68,7 +69,8 @@ def cli(cluster_id: int | None, token: str | None, remove: bool, list_: bool, ve
             return 0
         click.echo("You have the following tokens:")
         for it in r.body.get("items", []):
-            click.echo(f" - Cluster #{it['cluster_id']} : {str(it.get('cluster_login') or '').removeprefix('Bearer ')}")
+            shown = safe(str(it.get("cluster_login") or "").removeprefix("Bearer "))
+            click.echo(f" - Cluster #{safe(it['cluster_id'])} : {shown}")
         return 0
     if remove and cluster_id is not None:
         r = api.delete(f"/tokens/{cluster_id}")

@@ -288,3 +288,24 @@ def test_shared_list_fresh_across_workers(server: Server, clusters: dict[str, in
     for _ in range(4):
         out = server.run("gridstat", "-H", user="bob").stdout
         assert re.search(rf"^{cid}\s", out, re.M), out[-300:]
+
+
+def test_no_terminal_injection_in_command_output(server: Server, clusters: dict[str, int],
+                                                 pg_engine: Engine) -> None:
+    """#10 item 8: bob's campaign name and an event message carry escape sequences (clear
+    screen, OSC 52 clipboard write) and newlines; alice's gridstat/gridevents show them
+    escaped, on one line."""
+    evil = "\x1b[2J\x1b]52;c;ZXZpbA==\x07pwn\nFAKE 99 line\r\u202e"
+    cid = _submit(server, "bob", json.dumps(JDL | {"name": evil}))
+    with pg_engine.begin() as c:
+        create_event(c, "campaign", "EXIT_ERROR", campaign_id=cid, message="boom\x1b[31m\nsecond line")
+    outputs = [server.run("gridstat", user="alice").stdout,
+               server.run("gridstat", "-c", str(cid), user="bob").stdout,
+               server.run("gridstat", "-c", str(cid), "-f", user="bob").stdout,
+               server.run("gridevents", str(cid), user="bob").stdout]
+    for out in outputs:
+        assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\u202e" not in out, out
+        assert not any(ln.startswith("FAKE") for ln in out.splitlines()), out
+    assert re.search(rf"^{cid}\s+\\x1b\[2J\\x1b\]52;c;", outputs[0], re.M), outputs[0]
+    assert "  Name: \\x1b[2J\\x1b]52;c;ZXZpbA==\\x07pwn\\nFAKE 99 line\\r\\u202e\n" in outputs[1]
+    assert "boom\\x1b[31m\nsecond line" in outputs[3]  # an event message keeps its lines
