@@ -138,6 +138,9 @@ VARIABLES: dict[str, Var] = {
     "API_JWT_SECRET_FILE": Var("/etc/cigri/api-jwt.secret", _str),
     "API_JWT_LIFETIME": Var(86400 * 30, _int),
     "API_ADMINS": Var("root", _str, "comma-separated grid logins with administrator rights"),
+    "API_HEADER_TIMEOUT": Var(10.0, _float, "seconds a client has to send a request's headers"),
+    "API_BODY_TIMEOUT": Var(30.0, _float, "seconds a request's body may pause before the connection is closed"),
+    "API_MAX_CONNECTIONS": Var(256, _int, "open connections per API worker (requests beyond: 503)"),
     "API_MAX_BODY_SIZE": Var(256 * 1024 * 1024, _int, "largest request body (bytes) the API reads: a JDL with "
                              "its params, or tasks added to a campaign; bigger ones get 413"),
     "API_SOCKET": Var("/run/cigri/api.sock", _str, "client side: Unix socket of the API"),

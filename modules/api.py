@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default=None, help="debug, info, warning, error")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="worker processes sharing the sockets (default: number of CPUs, at most 4)")
+    p.add_argument("--prepare", metavar="USER", help="as root, before the server starts as USER (the unit's "
+                   "ExecStartPre): create the JWT secret API_JWT_SECRET_FILE if missing, owned by USER, mode 0600; "
+                   "then exit")
     args = p.parse_args(argv)
     try:
         conf = Conf(args.conf) if args.conf else get_conf()
@@ -29,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cigri-api: {e}", file=sys.stderr)
         return 1
     set_conf(conf)
+    if args.prepare:
+        return prepare(conf, args.prepare)
     level = (args.log_level or str(conf.get("LOG_LEVEL"))).lower()
     level = {"warn": "warning", "fatal": "critical"}.get(level, level)
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -42,6 +47,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def prepare(conf: Conf, user: str) -> int:
+    """What needs root once, so that the server itself never does: the secret, owned by its user."""
+    import pwd
+
+    from cigri.api.auth import load_secret
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        print(f"cigri-api: no user {user!r} (create it: useradd --system --user-group cigri)", file=sys.stderr)
+        return 1
+    path = str(conf.get("API_JWT_SECRET_FILE") or "")
+    if not path:
+        return 0
+    if load_secret(path, create=True) is None:
+        print(f"cigri-api: cannot create the JWT secret {path}", file=sys.stderr)
+        return 1
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    os.chmod(path, 0o600)
     return 0
 
 

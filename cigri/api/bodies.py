@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, StrictStr, ValidationError, field_validator
+from starlette.requests import ClientDisconnect
 
 from cigri.api.core import INT4, ApiError, bad
 
@@ -31,10 +32,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise too_large(limit)
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise too_large(limit)
+    except ClientDisconnect:
+        raise ApiError(400, "Bad Request", "The client went away before sending the whole body") from None
     return bytes(buf)
 
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import stat
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,17 @@ class _WithPeer:
 
 
 class PeerCredH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus the peer's credentials and limits on slow clients:
+    a request's headers must arrive within `header_timeout` seconds of its first byte (of
+    the connection, for the first request), its body must not pause longer than
+    `body_timeout` seconds, and a worker keeps at most `max_connections` connections
+    (uvicorn answers 503 to requests beyond them; connections beyond twice as many are
+    closed at once). Set from cigri.conf by cigri.api.server._run."""
+
+    header_timeout = 10.0
+    body_timeout = 30.0
+    max_connections = 256
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
@@ -65,7 +77,49 @@ class PeerCredH11Protocol(H11Protocol):
                 peer = {"pid": 0, "uid": -1, "gid": -1, "user": None}
             if peer is not None:
                 self.app = _WithPeer(self.app, peer)
+        self._deadline: asyncio.TimerHandle | None = None
         super().connection_made(transport)
+        if len(self.connections) > 2 * self.max_connections:
+            transport.close()
+            return
+        self._arm(self.header_timeout)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        """The client did not send what we wait for (headers, or the next part of a body) in time."""
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete or self.cycle.more_body:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            if self._deadline is None:  # the headers' deadline runs from their first byte, not reset per byte
+                self._arm(self.header_timeout)
+        elif self.cycle.more_body:
+            self._arm(self.body_timeout)
+        else:
+            self._disarm()  # the application has the whole request
+
+    def on_response_complete(self) -> None:
+        self._disarm()  # idle until the next request: uvicorn's keep-alive timeout
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
 
 def unix_listener(path: str) -> socket.socket:
@@ -142,43 +196,78 @@ def serve(conf: Conf, socket_path: str | None = None, host: str | None = None, p
 
 
 def _serve_workers(conf: Conf, sockets: list[socket.socket], log_level: str, workers: int) -> None:
+    """Fork `workers` processes serving the shared sockets, and replace any that dies
+    (killed, crashed): the API stays up. SIGTERM/SIGINT stop them all."""
     if workers <= 1:
         _run(conf, sockets, log_level)
         return
-    children: list[int] = []
-    for _ in range(workers):
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> None:
         pid = os.fork()
         if pid == 0:  # worker: its own engine and event loop (neither is fork-safe)
+            code = 1
             try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _run(conf, sockets, log_level)
+                code = 0
             finally:
-                os._exit(0)
-        children.append(pid)
+                os._exit(code)
+        children.add(pid)
 
-    def forward(signum: int, _frame: Any) -> None:
-        for c in children:
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for c in list(children):
             try:
                 os.kill(c, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(workers):
+        spawn()
+    last_deaths: list[float] = []
     while children:
         try:
-            pid, _status = os.wait()
+            pid, status = os.wait()
         except ChildProcessError:
             break
-        if pid in children:
-            children.remove(pid)
-            forward(signal.SIGTERM, None)  # one worker died: stop all, systemd restarts the service
+        except InterruptedError:
+            continue
+        if pid not in children:
+            continue
+        children.discard(pid)
+        if stopping:
+            continue
+        log.error("cigri-api worker %d died (%s): starting another", pid, _exit_text(status))
+        now = time.monotonic()
+        last_deaths = [t for t in last_deaths if now - t < 60] + [now]
+        if len(last_deaths) > 10 * workers:  # dying at start-up: a replacement would die too
+            log.error("cigri-api workers keep dying: stopping")
+            stop(signal.SIGTERM, None)
+            raise SystemExit(1)
+        spawn()
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"exit {os.waitstatus_to_exitcode(status)}"
 
 
 def _run(conf: Conf, sockets: list[socket.socket], log_level: str) -> None:
     from cigri.api.app import create_app
 
     app = create_app(conf)
+    PeerCredH11Protocol.header_timeout = float(conf.get("API_HEADER_TIMEOUT"))
+    PeerCredH11Protocol.body_timeout = float(conf.get("API_BODY_TIMEOUT"))
+    PeerCredH11Protocol.max_connections = int(conf.get("API_MAX_CONNECTIONS"))
     config = uvicorn.Config(app, http=PeerCredH11Protocol, lifespan="off", proxy_headers=False,
                             server_header=False, log_level=log_level, access_log=log_level == "debug",
-                            timeout_keep_alive=30)
+                            timeout_keep_alive=30, limit_concurrency=PeerCredH11Protocol.max_connections,
+                            h11_max_incomplete_event_size=64 * 1024)
     uvicorn.Server(config).run(sockets=sockets)

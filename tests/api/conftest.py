@@ -157,22 +157,40 @@ def _free_port() -> int:
     return port
 
 
+API_USER = "cigri"
+
+
+def ensure_api_user() -> pwd.struct_passwd:
+    """The unprivileged system user the shipped unit runs the API as (systemd/cigri-api.service)."""
+    try:
+        return pwd.getpwnam(API_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--home-dir", "/var/lib/cigri", "--shell",
+                        "/usr/sbin/nologin", API_USER], check=True)
+        return pwd.getpwnam(API_USER)
+
+
 @pytest.fixture(scope="module")
 def server(pg_dbname: str) -> Iterator[Server]:
-    """A real `cigri-api` process on a Unix socket and on 127.0.0.1 (TCP)."""
+    """A real `cigri-api` process on a Unix socket and on 127.0.0.1 (TCP), started as the
+    shipped unit starts it: `cigri-api --prepare cigri` as root, then the server as user cigri."""
     for u in ("alice", "bob"):
         ensure_user(u)
+    api_pw = ensure_api_user()
     d = tempfile.mkdtemp(prefix="cigri-api-test-")
     os.chmod(d, 0o755)
+    os.chown(d, api_pw.pw_uid, api_pw.pw_gid)
     sock = os.path.join(d, "api.sock")
     port = _free_port()
     values = pg_conf_values(pg_dbname) | {
         "LOG_FILE": "STDERR", "API_LISTEN_SOCKET": sock, "API_LISTEN_HOST": "127.0.0.1",
         "API_LISTEN_PORT": str(port), "API_JWT_SECRET_FILE": os.path.join(d, "jwt.secret"),
-        "API_ADMINS": "root", "API_TRUSTED_PROXIES": "10.1.2.3"}
+        "API_ADMINS": "root", "API_TRUSTED_PROXIES": "10.1.2.3", "API_HEADER_TIMEOUT": "2",
+        "API_MAX_CONNECTIONS": "16"}
     conf_file = os.path.join(d, "cigri.conf")
     Path(conf_file).write_text("".join(f'{k} = "{v}"\n' for k, v in values.items()))
-    os.chmod(conf_file, 0o600)
+    os.chown(conf_file, 0, api_pw.pw_gid)
+    os.chmod(conf_file, 0o640)
     client_conf = os.path.join(d, "api-clients.conf")
     Path(client_conf).write_text(f'API_SOCKET = "{sock}"\nAPI_TIMEOUT = "120"\n'
                                    'API_TOKEN_FILE = "~/.cigri-test-token"\n')
@@ -183,8 +201,11 @@ def server(pg_dbname: str) -> Iterator[Server]:
         os.chmod(f, 0o644)
     log = Path(d) / "server.log"
     env = dict(os.environ, CIGRICONFFILE=conf_file)
+    subprocess.run([str(VENV_BIN / "cigri-api"), "--prepare", API_USER], env=env, check=True)
     with open(log, "wb") as lf:
-        proc = subprocess.Popen([str(VENV_BIN / "cigri-api")], env=env, stdout=lf, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["setpriv", f"--reuid={api_pw.pw_uid}", f"--regid={api_pw.pw_gid}", "--init-groups",
+                                 "--", str(VENV_BIN / "cigri-api")], env=env, stdout=lf, stderr=subprocess.STDOUT,
+                                cwd="/")
     srv = Server(proc, sock, port, conf_file, client_conf, tcp_conf, d, log)
     deadline = time.monotonic() + 60
     while not os.path.exists(sock):
