@@ -2,13 +2,12 @@
 
 A message goes to a grid user and/or the administrator (`%%admin%%` subscriptions); each
 subscription receives it if its severity is <= the message's (low < medium < high; a
-NULL severity is medium, §15.2 #28). Delivery: `mail` through SMTP (NOTIFICATIONS_SMTP_*,
-one connection per notification pass), `log` to CiGri's log, `xmpp` only if an XMPP
-library is installed — none is, so XMPP subscriptions are logged as undeliverable."""
+NULL severity is medium, §15.2 #28). Delivery: `mail` through SMTP (NOTIFICATIONS_SMTP_*),
+`xmpp` as a Jabber chat message (NOTIFICATIONS_XMPP_*, cigri.engine.xmpp), one connection
+of each per notification pass, and `log` to CiGri's log."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import smtplib
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from sqlalchemy.engine import Connection
 from cigri.addresses import BadAddress, check_identity
 from cigri.config import Conf
 from cigri.db.notifications import subscriptions_for
+from cigri.engine.xmpp import XmppError, XmppSession
 
 log = logging.getLogger("cigri.notifications")
 
@@ -29,10 +29,6 @@ ADMIN_LOGIN = "%%admin%%"
 
 def subscriptions(conn: Connection, grid_user: str) -> list[dict[str, Any]]:
     return subscriptions_for(conn, grid_user)
-
-
-def xmpp_available() -> bool:
-    return any(importlib.util.find_spec(m) is not None for m in ("slixmpp", "xmpp", "sleekxmpp"))
 
 
 @dataclass
@@ -67,7 +63,9 @@ class Notifier:
         self.conf = conf
         self._smtp: smtplib.SMTP | None = None
         self._smtp_down = False
-        self._xmpp_warned = False
+        self._xmpp: XmppSession | None = None
+        self._xmpp_down: str | None = None  # FAILED or UNREACHABLE once the session could not be had
+        self._xmpp_off_warned = False
         self.sent: list[tuple[str, str, str]] = []  # (type, identity, subject line) for the log/tests
 
     def _rank(self, s: str | None) -> int:
@@ -116,11 +114,8 @@ class Notifier:
             self.sent.append(("log", identity, line))
             return OK
         if kind == "xmpp":
-            if not self._xmpp_warned:
-                log.warning("XMPP notifications are unavailable (no XMPP library installed): "
-                            "messages to %s are not delivered", identity)
-                self._xmpp_warned = True
-            return FAILED
+            text = f"{line}\n{msg.body}" if msg.body else line
+            return self._jabber(identity, f"*{text}*" if admin else text, line)
         log.error("Unknown notification type %r for %s", kind, identity)
         return FAILED
 
@@ -150,7 +145,49 @@ class Notifier:
         self.sent.append(("mail", to, subject))
         return OK
 
+    def _jabber(self, to: str, text: str, line: str) -> str:
+        server = self.conf.get("NOTIFICATIONS_XMPP_SERVER")
+        if not server:
+            if not self._xmpp_off_warned:
+                log.warning("XMPP notifications are off (NOTIFICATIONS_XMPP_SERVER is empty): messages to %s and "
+                            "other Jabber subscribers are not delivered", to)
+                self._xmpp_off_warned = True
+            return FAILED
+        if self._xmpp_down:
+            return self._xmpp_down
+        if self._xmpp is None:
+            try:
+                self._xmpp = XmppSession(self.conf.get("NOTIFICATIONS_XMPP_IDENTITY"),
+                                         self.conf.get("NOTIFICATIONS_XMPP_PASSWORD"), server,
+                                         int(self.conf.get("NOTIFICATIONS_XMPP_PORT")))
+            except ImportError:
+                log.error("XMPP notifications need the slixmpp package, which is not installed")
+                self._xmpp_down = FAILED
+                return FAILED
+            except XmppError as e:
+                log.error("No XMPP notifications in this pass: %s", e)
+                self._xmpp_down = UNREACHABLE if e.transient else FAILED
+                return self._xmpp_down
+        try:
+            self._xmpp.send(to, text)
+        except XmppError as e:
+            log.error("Could not send the XMPP message to %s: %s", to, e)
+            self._close_xmpp()
+            self._xmpp_down = UNREACHABLE
+            return UNREACHABLE
+        self.sent.append(("xmpp", to, line))
+        return OK
+
+    def _close_xmpp(self) -> None:
+        if self._xmpp is not None:
+            session, self._xmpp = self._xmpp, None
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001 - leaving a server must not fail a pass
+                log.exception("Closing the XMPP session failed")
+
     def close(self) -> None:
+        self._close_xmpp()
         if self._smtp is not None:
             try:
                 self._smtp.quit()

@@ -130,7 +130,8 @@ def test_severity_filter_and_log_type(pg_engine, jconf, smtp, caplog):
         judas.notification_pass(pg_engine, jconf)
     assert inbox.messages == []  # high-only subscriber
     assert any("UNDER_STRESS" in r.getMessage() and "ops" in r.getMessage() for r in caplog.records)
-    assert any("XMPP notifications are unavailable" in r.getMessage() for r in caplog.records)
+    assert any("XMPP notifications are off (NOTIFICATIONS_XMPP_SERVER is empty)" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_smtp_down_is_logged_and_retried_later(pg_engine, pg_conf, caplog):
