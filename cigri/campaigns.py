@@ -10,13 +10,13 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from cigri import admission
+from cigri import admission, containers
 from cigri import jdl as jdlmod
 from cigri.access import admins_of, may_act_on
 from cigri.config import Conf, get_conf
 from cigri.db import campaigns as dbc
 from cigri.db import parameters as dbp
-from cigri.db.clusters import cluster_ids_by_name
+from cigri.db.clusters import cluster_ids_by_name, container_engines
 from cigri.db.engine import is_sqlite
 from cigri.db.events import close_events, create_event
 from cigri.db.notify import METASCHEDULER, notify
@@ -104,6 +104,7 @@ def prepare_campaign(engine: Engine, jdl: Any, user: str, conf: Conf | None = No
         raise ParseError(PARAM_FILE_REFUSED)
     with engine.connect() as conn:
         known = cluster_ids_by_name(conn, list(parsed["clusters"]))
+        offered = container_engines(conn, list(known.values()))
         rules = admission.load_rules(conn)
     expanded = jdlmod.expand_jdl(parsed, conf, user, known)
     if expanded["jobs_type"] == "desktop_computing":
@@ -124,6 +125,8 @@ def prepare_campaign(engine: Engine, jdl: Any, user: str, conf: Conf | None = No
         known = {n: i for n, i in known.items() if n in expanded["clusters"]}
         if not known:
             raise ParseError("No clusters usable for the campaign")
+    for cname, cluster_id in known.items():
+        containers.check_engine_offered(cname, expanded["clusters"][cname].get("container"), offered.get(cluster_id))
     return expanded, known
 
 

@@ -17,6 +17,7 @@ import stat
 from collections.abc import Iterator
 from typing import Any
 
+from cigri import containers
 from cigri.config import Conf, get_conf
 from cigri.errors import NotFound, ParseError
 
@@ -27,7 +28,7 @@ WALLTIME_FIELDS = ("walltime", "prologue_walltime", "epilogue_walltime")
 BOOL_FIELDS = ("test_mode", "temporal_grouping", "dimensional_grouping")
 INT_FIELDS = ("max_jobs", "max_resubmit")
 LINES_FIELDS = ("prologue", "epilogue")
-CLUSTER_FIELDS = STRING_FIELDS + WALLTIME_FIELDS + BOOL_FIELDS + INT_FIELDS + LINES_FIELDS + ("type",)
+CLUSTER_FIELDS = STRING_FIELDS + WALLTIME_FIELDS + BOOL_FIELDS + INT_FIELDS + LINES_FIELDS + ("type", "container")
 
 #: global-only fields, never copied into clusters.
 GLOBAL_FIELDS = ("name", "clusters", "params", "nb_jobs", "param_file", "jobs_type")
@@ -36,7 +37,8 @@ GLOBAL_FIELDS = ("name", "clusters", "params", "nb_jobs", "param_file", "jobs_ty
 PROPERTY_NAMES = ("checkpointing_type", "dimensional_grouping", "epilogue", "exec_file", "output_destination",
                   "output_file", "output_gathering_method", "prologue", "properties", "resources",
                   "temporal_grouping", "walltime", "type", "test_mode", "max_jobs", "prologue_walltime",
-                  "epilogue_walltime", "project", "exec_directory", "cluster_job_type", "max_resubmit")
+                  "epilogue_walltime", "project", "exec_directory", "cluster_job_type", "max_resubmit",
+                  "container")
 
 CAMPAIGN_TYPES = ("best-effort", "besteffort", "normal", "semi-best-effort", "nightly")
 BESTEFFORT_TYPES = ("best-effort", "besteffort", "semi-best-effort", "nightly")
@@ -102,6 +104,8 @@ def _check_field(field: str, v: Any, where: str) -> Any:
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise ParseError(f"Field '{field}'{where} must be an array of strings (shell lines)")
         return list(v)
+    if field == "container":
+        return containers.check_block(v, where)
     if field == "type":
         if not isinstance(v, str) or v not in CAMPAIGN_TYPES:
             raise ParseError(f"Field 'type'{where} must be one of {', '.join(CAMPAIGN_TYPES)}, got {_show(v)}")
@@ -331,10 +335,13 @@ def expand_jdl(jdl: Any, conf: Conf | None = None, user: str = "", known_cluster
     conf = conf or get_conf()
     dflt = defaults(conf)
     out: dict[str, Any] = {"name": jdl["name"], "jobs_type": jdl["jobs_type"]}
-    top = {k: v for k, v in jdl.items() if k not in GLOBAL_FIELDS}
+    top = {k: v for k, v in jdl.items() if k not in GLOBAL_FIELDS and k != "container"}
     clusters: dict[str, dict[str, Any]] = {}
     for cname, block in jdl["clusters"].items():
         cb = dict(block)
+        container = containers.merge(jdl.get("container"), cb.pop("container", None))
+        if container:
+            cb["container"] = containers.finish_block(container, cname)
         for k, v in top.items():
             cb.setdefault(k, v)
         for k, v in dflt.items():
@@ -453,6 +460,8 @@ def _prop_text(v: Any) -> str | None:
         return None
     if v is True:
         return "true"
+    if isinstance(v, dict):
+        return containers.to_property(v)
     if isinstance(v, list):
         return "\n".join(str(x) for x in v)
     return str(v)

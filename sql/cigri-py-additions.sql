@@ -8,6 +8,10 @@ ALTER TYPE api ADD VALUE IF NOT EXISTS 'local';
 -- CiGri3 3.0/3.1 databases lack api_limit.
 ALTER TABLE clusters ADD COLUMN IF NOT EXISTS api_limit INTEGER NOT NULL DEFAULT 100;
 
+-- The container engines a cluster offers ("apptainer,charliecloud"; NULL: not declared, any
+-- engine may be asked for; '': none). Set with `cigri-admin cluster set --container-engines`.
+ALTER TABLE clusters ADD COLUMN IF NOT EXISTS container_engines VARCHAR(255);
+
 -- Real batch identifiers for grouped submissions (spec 15.2 #12).
 CREATE SEQUENCE IF NOT EXISTS batch_id_seq;
 

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS clusters (
   power INT,
   properties VARCHAR(255),
   stress_factor FLOAT DEFAULT 0,
-  enabled BOOLEAN DEFAULT 1
+  enabled BOOLEAN DEFAULT 1,
+  container_engines VARCHAR(255)
 );
 
 CREATE TABLE IF NOT EXISTS users_mapping (

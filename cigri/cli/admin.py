@@ -1,5 +1,5 @@
 """Administrator tools, run on the CiGri server with database access (spec §12.10):
-`cigri-admin cluster add|list|enable|disable|test`, `cigri-admin api-token USER`,
+`cigri-admin cluster add|list|set|enable|disable|test`, `cigri-admin api-token USER`,
 CiGri3's `newcluster` (11 positional arguments) and `grid_test_cluster -c -f -u`."""
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from cigri.cli.client import CONTEXT, CliError, echo_json, run_command, version_
 
 BATCH_TYPES = ("oar2_5", "g5k", "oar3", "local")
 AUTH_TYPES = ("none", "password", "cert", "jwt")
+ENGINES_HELP = ("Container engines the cluster's nodes offer, comma-separated (apptainer, singularity, podman, "
+                "docker, charliecloud, bwrap); '' = none; 'any' = not declared (the default): campaigns asking "
+                "for another engine there are refused at submission.")
 
 
 def _engine() -> Any:
@@ -64,15 +67,49 @@ def cluster() -> None:
 @click.option("--power", type=int, default=None)
 @click.option("--properties", default="", help="OAR properties selecting this logical cluster.")
 @click.option("--disabled", is_flag=True, help="Add it disabled.")
+@click.option("--container-engines", "engines", default=None, metavar="LIST", help=ENGINES_HELP)
 def cluster_add(name: str, api_url: str, batch: str, auth_type: str, username: str | None, password: str | None,
                 auth_header: str | None, ssh_host: str, resource_unit: str, power: int | None, properties: str,
-                disabled: bool) -> None:
+                disabled: bool, engines: str | None) -> None:
     """Add a cluster NAME reachable at API_URL."""
     cid = _add_cluster({"name": name, "api_url": api_url, "batch": batch, "api_auth_type": auth_type,
                         "api_username": username, "api_password": password, "api_auth_header": auth_header or None,
                         "ssh_host": ssh_host, "resource_unit": resource_unit, "power": power,
-                        "properties": properties, "enabled": not disabled})
+                        "properties": properties, "enabled": not disabled,
+                        "container_engines": _engine_list(engines)})
     click.echo(f"Cluster {name} added with id {cid}")
+
+
+def _engine_list(text: str | None) -> str | None:
+    """The stored form of --container-engines (None: not declared)."""
+    from cigri.containers import parse_engine_list
+    from cigri.errors import ParseError
+
+    if text is None or text.strip().lower() == "any":
+        return None
+    try:
+        return ",".join(parse_engine_list(text) or [])
+    except ParseError as e:
+        raise CliError(str(e)) from None
+
+
+@cluster.command("set")
+@click.argument("cluster", metavar="CLUSTER")
+@click.option("--container-engines", "engines", required=True, metavar="LIST", help=ENGINES_HELP)
+def cluster_set(cluster: str, engines: str) -> None:
+    """Change a cluster's settings, by name or id."""
+    from cigri.db.clusters import set_container_engines
+    from cigri.db.engine import transaction
+    from cigri.errors import NotFound
+
+    value = _engine_list(engines)
+    try:
+        with transaction(_engine()) as conn:
+            set_container_engines(conn, _cluster_id(conn, cluster), value)
+    except NotFound as e:
+        raise CliError(str(e)) from None
+    click.echo(f"Cluster {cluster}: container engines " + ("not declared (any)" if value is None else
+                                                           repr(value) if value else "none"))
 
 
 @cluster.command("list")
@@ -88,25 +125,31 @@ def cluster_list(as_json: bool) -> None:
         return
     for c in cls:
         click.echo(f"{c.id}: {c.name} {c.batch} {c.api_url} auth={c.api_auth_type}"
+                   + ("" if c.container_engines is None else f" containers={c.container_engines or 'none'}")
                    + ("" if c.enabled else " (disabled)"))
 
 
-def _set_enabled(cluster: str, enabled: bool) -> None:
+def _cluster_id(conn: Any, cluster: str) -> int:
     """`cluster` is an id or a name (`cluster add` takes a name, `cluster list` shows both)."""
-    from cigri.db.clusters import cluster_ids_by_name, set_enabled
+    from cigri.db.clusters import cluster_ids_by_name
+    from cigri.errors import NotFound
+
+    if cluster.isdigit():
+        return int(cluster)
+    ids = cluster_ids_by_name(conn, [cluster])
+    if cluster not in ids:
+        raise NotFound(f"Cluster {cluster} not found")
+    return ids[cluster]
+
+
+def _set_enabled(cluster: str, enabled: bool) -> None:
+    from cigri.db.clusters import set_enabled
     from cigri.db.engine import transaction
     from cigri.errors import NotFound
 
     try:
         with transaction(_engine()) as conn:
-            if cluster.isdigit():
-                cluster_id = int(cluster)
-            else:
-                ids = cluster_ids_by_name(conn, [cluster])
-                if cluster not in ids:
-                    raise NotFound(f"Cluster {cluster} not found")
-                cluster_id = ids[cluster]
-            set_enabled(conn, cluster_id, enabled)
+            set_enabled(conn, _cluster_id(conn, cluster), enabled)
     except NotFound as e:
         raise CliError(str(e)) from None
     click.echo(f"Cluster {cluster} {'enabled' if enabled else 'disabled'}")

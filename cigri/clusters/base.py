@@ -111,6 +111,7 @@ class ClusterInfo:
     properties: str | None = None
     stress_factor: float = 0.0
     enabled: bool = True
+    container_engines: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ClusterInfo:

@@ -372,6 +372,7 @@ def upgrade_schema(engine: Engine) -> UpgradeReport:
     if is_sqlite(engine):
         run_sql_script(engine, (sql_dir() / "cigri3-sqlite.sql").read_text())
         rep.actions.append("applied cigri3-sqlite.sql (idempotent)")
+        rep.actions += [f"added column {c}" for c in add_missing_sqlite_columns(engine)]
         _upgrade_rules(engine, rep)
         return rep
     raw = engine.raw_connection()
@@ -463,6 +464,21 @@ def upgrade_schema(engine: Engine) -> UpgradeReport:
         rep.actions.append(f"rights on every CiGri table and sequence granted to {role} (it could already write "
                            "the CiGri tables)")
     return rep
+
+
+def add_missing_sqlite_columns(engine: Engine) -> list[str]:
+    """Add the NULL-able columns a SQLite database made by an older CiGri-py lacks (its tables
+    were created by an older cigri3-sqlite.sql, which CREATE TABLE IF NOT EXISTS does not
+    change); returns the columns added."""
+    exp, live = expected_schema(engine), live_schema(engine)
+    added: list[str] = []
+    with engine.begin() as conn:
+        for t, cols in exp.tables.items():
+            for c, (typ, nullable) in cols.items():
+                if t in live.tables and c not in live.tables[t] and nullable:
+                    conn.exec_driver_sql(f'ALTER TABLE "{_ident(t)}" ADD COLUMN "{_ident(c)}" {typ}')
+                    added.append(f"{t}.{c}")
+    return added
 
 
 def _ident(s: str) -> str:

@@ -52,6 +52,20 @@ def set_enabled(conn: Connection, cluster_id: int, enabled: bool) -> None:
         raise NotFound(f"Cluster {cluster_id} not found")
 
 
+def set_container_engines(conn: Connection, cluster_id: int, engines: str | None) -> None:
+    res = conn.execute(clusters.update().where(clusters.c.id == cluster_id).values(container_engines=engines))
+    if not res.rowcount:
+        raise NotFound(f"Cluster {cluster_id} not found")
+
+
+def container_engines(conn: Connection, ids: list[int]) -> dict[int, str | None]:
+    """Cluster id -> the container engines its admin declared (None: not declared)."""
+    if not ids:
+        return {}
+    q = sa.select(clusters.c.id, clusters.c.container_engines).where(clusters.c.id.in_(ids))
+    return {int(r.id): r.container_engines for r in conn.execute(q)}
+
+
 def user_mapping(conn: Connection, cluster_id: int) -> dict[str, str]:
     """grid_login -> cluster_login (or "Bearer <jwt>") for one cluster."""
     q = sa.select(users_mapping.c.grid_login, users_mapping.c.cluster_login).where(

@@ -80,6 +80,7 @@ clusters = sa.Table(
     sa.Column("properties", sa.String(255)),
     sa.Column("stress_factor", sa.Float, server_default="0"),
     sa.Column("enabled", sa.Boolean, server_default=sa.true()),
+    sa.Column("container_engines", sa.String(255)),  # CiGri-py: engines offered (cigri.containers)
 )
 
 users_mapping = sa.Table(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cigri import containers
 from cigri.clusters.base import ExitStatus, Outcome, RemoteJob
 from cigri.event_codes import KILL_CAUSE_WORDS
 
@@ -81,4 +82,7 @@ def exit_error(tag: str | None, remote: RemoteJob, ex: ExitStatus,
             tail = ""
     if tail.strip():
         msg += f"\nLast {tail_lines} lines of {remote.stderr_file or 'stderr'}:\n{tail.rstrip()}"
+    diag = containers.diagnose(None if ex.signal else ex.code, tail) if code == "EXIT_ERROR" else None
+    if diag is not None:  # the task never ran: its container could not start on this cluster
+        return Analysis("CONTAINER_ERROR", f"{diag[1]}\n{msg}")
     return Analysis(code, msg)

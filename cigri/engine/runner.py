@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from cigri import containers
 from cigri.clusters import get_adapter
 from cigri.clusters.base import (
     ClusterAdapter,
@@ -52,7 +53,7 @@ from cigri.states import JobState
 
 log = logging.getLogger("cigri.runner")
 
-EXIT_ERROR_CAUSES = ("EXIT_ERROR", "WORKING_DIRECTORY_ERROR")
+EXIT_ERROR_CAUSES = ("EXIT_ERROR", "WORKING_DIRECTORY_ERROR", "CONTAINER_ERROR")
 #: errors after which OAR may or may not have accepted the POST: keep `launching`, reconcile.
 AMBIGUOUS_SUBMIT_CODES = ("POST_TIMEOUT", "TIMEOUT", "CONNECTION_RESET")
 RECONCILE_WINDOWS = 20
@@ -113,12 +114,18 @@ def script_command(script: str) -> str:
     return f"echo {base64.b64encode(body.encode()).decode()}|base64 -d|bash"
 
 
-def batch_script(exec_file: str, jobs: list[db.RunnerJob]) -> str:
+def batch_script(exec_file: str, jobs: list[db.RunnerJob], container: dict[str, Any] | None = None,
+                 directory: str | None = None) -> str:
+    """Temporal grouping: the tasks one after the other, each in the container if there is one."""
     lines = ["set +e"]
+    run = _unescape(exec_file)
+    if container:
+        lines.append(containers.task_function(container, exec_file, directory).rstrip("\n"))
+        run = "cigri_task"
     for j in jobs:
         st = f"cigri_batch_state_{j.id}"
         lines += [f'echo "BEGIN_DATE=$(date +%s)" > {st}',
-                  f"{_unescape(exec_file)} {_unescape(j.param)} > cigri_batch_stdout_{j.id} "
+                  f"{run} {_unescape(j.param)} > cigri_batch_stdout_{j.id} "
                   f"2> cigri_batch_stderr_{j.id} < /dev/null",
                   f'echo "RET=$?" >> {st}',
                   f'echo "END_DATE=$(date +%s)" >> {st}']
@@ -293,8 +300,8 @@ class Runner:
             return base + script_command(props.get(j.tag or "", ""))
         if j.tag == "batch":
             sub = sorted([g for g in group if g.batch_id == j.batch_id and g.tag == "batch"], key=lambda g: g.id)
-            return base + script_command(batch_script(props.get("exec_file", ""), sub))
-        return _unescape(f"{base}{props.get('exec_file', '')} {j.param}".strip())
+            return base + script_command(self._batch_script(sub, props))
+        return _unescape(f"{base}{self._task_command(j, props)} {j.param}".strip())
 
     # ------------------------------------------------------------------ polling
     def poll(self, res: CycleResult) -> set[int]:
@@ -625,10 +632,21 @@ class Runner:
         d = p.get("exec_directory")
         return d.replace("{CAMPAIGN_ID}", str(j.campaign_id)) if d else None
 
+    def _task_command(self, j: db.RunnerJob, p: dict[str, str]) -> str:
+        """exec_file, or the command running it in the campaign's container on this cluster."""
+        block = containers.from_property(p.get("container"))
+        if block is None:
+            return p.get("exec_file", "")
+        return containers.wrap_command(block, self._directory(j, p), p.get("exec_file", ""))
+
+    def _batch_script(self, group: list[db.RunnerJob], p: dict[str, str]) -> str:
+        return batch_script(p.get("exec_file", ""), group, containers.from_property(p.get("container")),
+                            self._directory(group[0], p))
+
     def _array_request(self, group: list[db.RunnerJob], p: dict[str, str], be: bool) -> JobRequest:
         j = group[0]
         c = self._common(p, be)
-        return JobRequest(command=f"export CIGRI_CAMPAIGN_ID={j.campaign_id};{p.get('exec_file', '')}",
+        return JobRequest(command=f"export CIGRI_CAMPAIGN_ID={j.campaign_id};{self._task_command(j, p)}",
                           params=[g.param for g in group], resources=p.get("resources") or "/resource_id=1",
                           walltime=p.get("walltime"), name=f"cigri.{j.campaign_id}",
                           directory=self._directory(j, p), **c)
@@ -642,7 +660,7 @@ class Runner:
         j0 = group[0]
         c = self._common(p, be)
         req = JobRequest(command=f"export CIGRI_CAMPAIGN_ID={j0.campaign_id};"
-                         + script_command(batch_script(p.get("exec_file", ""), sorted(group, key=lambda g: g.id))),
+                         + script_command(self._batch_script(sorted(group, key=lambda g: g.id), p)),
                          resources=p.get("resources") or "/resource_id=1", walltime=p.get("walltime"),
                          name=f"cigri.{j0.campaign_id}", directory=self._directory(j0, p), **c)
         return self._submit_group(group, req, "batch")

@@ -1,0 +1,152 @@
+"""Real container engines: the busybox image of conf/examples/make-container-image, built
+offline for user alice, and the engines found on this machine.
+
+ch-run (charliecloud) and bwrap are required: missing in CI (CI=true), their tests fail;
+elsewhere they are skipped with the reason. Podman runs rootless as alice where the machine
+allows it (with a private configuration if its defaults do not work here), else its tests are
+skipped with podman's own error as the reason."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from cigri import containers
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+MAKE_IMAGE = ROOT / "conf" / "examples" / "make-container-image"
+USER = "alice"
+REQUIRED = ("charliecloud", "bwrap")
+PACKAGES = {"charliecloud": "charliecloud-runtime", "bwrap": "bubblewrap", "podman": "podman"}
+#: what the tests' program inside the image records (run.sh: NAME X -> result_NAME.txt).
+PROBE = """#!/bin/sh
+# probe OUT STATUS ARGS...: write what the task sees to OUT, then exit with STATUS
+out=$1; status=$2; shift 2
+{ . /etc/os-release; echo "os=$ID"; echo "pwd=$(pwd)"; echo "uid=$(id -u)"; echo "greeting=$GREETING"
+  echo "campaign=$CIGRI_CAMPAIGN_ID"; echo "oar=$OAR_JOB_ID"; echo "slurm=$SLURM_JOB_ID"
+  echo "leaked=${LEAKED:-none}"; echo "data=$(cat /data/factor)"; n=0
+  for a in "$@"; do n=$((n+1)); echo "arg$n=<$a>"; done; } > "$out"
+echo "probe stdout $status"
+echo "probe stderr $status" >&2
+exit "$status"
+"""
+#: used when podman's defaults do not work here: crun refuses hybrid cgroups (this machine),
+#: no systemd as PID 1, no journald
+PODMAN_ENGINE_CONF = '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+
+
+def require(engine: str) -> None:
+    """Skip (or, in CI, fail) when an engine's program is missing."""
+    binary = containers.BINARIES[engine]
+    if shutil.which(binary):
+        return
+    why = f"{binary} is not installed (apt-get install {PACKAGES.get(engine, engine)}; tools/test installs it)"
+    if os.environ.get("CI") == "true" and engine in REQUIRED:
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@dataclass
+class Node:
+    """A directory of alice's with the demo image, where tasks run as alice."""
+
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uid(self) -> int:
+        return pwd.getpwnam(USER).pw_uid
+
+    @property
+    def gid(self) -> int:
+        return pwd.getpwnam(USER).pw_gid
+
+    @property
+    def home(self) -> str:
+        return pwd.getpwnam(USER).pw_dir
+
+    @property
+    def image(self) -> Path:
+        return self.root / "image"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run(self, command: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """`command` through bash as alice in a clean login-like environment (as a batch system)."""
+        pw = pwd.getpwnam(USER)
+        e = {"HOME": pw.pw_dir, "USER": USER, "LOGNAME": USER, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+             "LANG": "C.UTF-8"} | self.env | (env or {})
+        argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+                "bash", "-c", command]
+        return subprocess.run(argv, env=e, cwd=cwd or self.runs, capture_output=True, text=True, timeout=timeout)
+
+    def chown(self, path: Path) -> None:
+        shutil.chown(path, USER, USER)
+
+
+@pytest.fixture(scope="session")
+def node() -> Iterator[Node]:
+    """The demo image, built (offline, unprivileged) by make-container-image, plus the probe."""
+    home = Path(pwd.getpwnam(USER).pw_dir)
+    root = Path(tempfile.mkdtemp(prefix="cigri-ctr-", dir=home))
+    shutil.chown(root, USER, USER)
+    n = Node(root)
+    r = n.run(f"sh {MAKE_IMAGE} {root}", cwd=root)
+    assert r.returncode == 0, r.stderr
+    probe = n.image / "opt" / "test" / "probe.sh"
+    probe.parent.mkdir(parents=True)
+    probe.write_text(PROBE)
+    probe.chmod(0o755)
+    yield n
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def podman_env(node: Node) -> Iterator[dict[str, str]]:
+    """The environment in which rootless podman works here, or a skip saying why it does not.
+    Its configuration, storage and runtime files are the session's (XDG directories: nothing
+    is left in alice's home); the pause process podman leaves behind is stopped at the end."""
+    require("podman")
+    xdg = {v: node.root / "xdg" / v.lower() for v in ("XDG_CONFIG_HOME", "XDG_DATA_HOME")}
+    for d in xdg.values():
+        d.mkdir(parents=True, mode=0o700)
+        node.chown(d)
+        node.chown(d.parent)
+    # a short path: conmon's sockets live there (a path over 108 bytes costs 20 s per container)
+    xdg["XDG_RUNTIME_DIR"] = Path(tempfile.mkdtemp(prefix="cigri-pd-"))
+    node.chown(xdg["XDG_RUNTIME_DIR"])
+    env = {k: str(v) for k, v in xdg.items()}
+    conf = xdg["XDG_CONFIG_HOME"] / "containers"
+    conf.mkdir()
+    node.chown(conf)
+    # rootless podman would default to vfs (a copy of the image per container)
+    (conf / "storage.conf").write_text('[storage]\ndriver = "overlay"\n')
+    probe = f"podman --log-level=error run --rm --init --network=none --rootfs {node.image}:O /bin/true"
+    try:
+        r = node.run(probe, env)
+        if r.returncode or r.stderr:  # its defaults do not work here: the private engine configuration
+            (conf / "containers.conf").write_text(PODMAN_ENGINE_CONF)
+            r2 = node.run(probe, env)
+            if r2.returncode or r2.stderr:
+                pytest.skip("rootless podman does not work on this machine: "
+                            + (r2.stderr or r.stderr).strip()[-300:])
+        yield env
+    finally:
+        pause = xdg["XDG_RUNTIME_DIR"] / "libpod" / "tmp" / "pause.pid"
+        if pause.exists():
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                os.kill(int(pause.read_text().strip()), signal.SIGKILL)
+        shutil.rmtree(xdg["XDG_RUNTIME_DIR"], ignore_errors=True)
