@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
@@ -36,11 +37,75 @@ def create_app(conf: Conf) -> FastAPI:
                   description="Grid middleware running bags of tasks on OAR clusters (CiGri3-compatible API).")
     api = Api(conf)
     app.state.api = api
+    app.router.redirect_slashes = False  # CiGri3 answered `/campaigns/` itself (no 307)
     _install_error_handlers(app)
     app.add_middleware(_InvalidateOnWrite, api=api)
+    app.add_middleware(Cigri3Requests)
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+OVERRIDABLE = ("DELETE", "PUT", "PATCH")
+FORM = "application/x-www-form-urlencoded"
+
+
+class Cigri3Requests:
+    """Requests as CiGri3's Sinatra took them: an optional trailing slash on every path
+    (`GET /campaigns/` is `GET /campaigns`), and a POST carrying `_method=DELETE|PUT|PATCH`
+    (in the query string or a form body, or as `X-HTTP-Method-Override`) is that method."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            scope = dict(scope, path=path.rstrip("/") or "/")
+            if scope.get("raw_path"):
+                scope["raw_path"] = scope["raw_path"].rstrip(b"/") or b"/"
+        if scope["method"] == "POST":
+            method, receive = await self._override(scope, receive)
+            if method:
+                scope = dict(scope, method=method)
+        await self.app(scope, receive, send)
+
+    async def _override(self, scope: dict[str, Any], receive: Any) -> tuple[str | None, Any]:
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        wanted = [v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()
+                  if k == "_method"]
+        if headers.get(b"x-http-method-override"):
+            wanted.append(headers[b"x-http-method-override"].decode("latin-1"))
+        if not wanted and headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1") == FORM:
+            body, receive = await _peek_body(receive, 64 * 1024)
+            wanted = parse_qs(body.decode("latin-1")).get("_method", [])[-1:]
+        method = wanted[-1].strip().upper() if wanted else None
+        return (method if method in OVERRIDABLE else None), receive
+
+
+async def _peek_body(receive: Any, limit: int) -> tuple[bytes, Any]:
+    """Read up to `limit` bytes of a form body and give back a `receive` that replays them."""
+    chunks: list[dict[str, Any]] = []
+    size = 0
+    while True:
+        msg = await receive()
+        chunks.append(msg)
+        if msg["type"] != "http.request":
+            break
+        size += len(msg.get("body", b""))
+        if not msg.get("more_body") or size > limit:
+            break
+    body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
+
+    async def replay() -> Any:
+        if chunks:
+            return chunks.pop(0)
+        return await receive()
+
+    return body[:limit], replay
 
 
 class _InvalidateOnWrite:

@@ -52,9 +52,9 @@ def cli(infos: bool, more: bool, usage: bool, bars: bool, as_json: bool) -> int:
     details: dict[int, dict[str, Any]] = {}
     if infos or more or as_json:
         for c in items:
-            d = api.get(f"/clusters/{c['id']}")
-            if d.ok:
-                details[int(c["id"])] = d.body
+            one = api.get(f"/clusters/{c['id']}")
+            if one.ok:
+                details[int(c["id"])] = one.body
     if as_json:
         echo_json([details.get(int(c["id"]), c) | {"usage": latest.get(int(c["id"]))} for c in items])
         return 0
@@ -72,14 +72,14 @@ def cli(infos: bool, more: bool, usage: bool, bars: bool, as_json: bool) -> int:
                 if v is not None and k != "links":
                     line += f"\n    {safe(k)}: {safe(v)}"
         if usage:
-            u = latest.get(cid)
-            if u is None or d.get("blacklisted"):
+            snap = latest.get(cid)
+            if snap is None or d.get("blacklisted"):
                 line += "\n    Data temporarily unavailable"
             elif bars:
-                line += f" ({u.get('max_resources')} resources)\n    " + usage_bar(u)
+                line += f" ({snap.get('max_resources')} resources)\n    " + usage_bar(snap)
             else:
                 for k in USAGE_KEYS:
-                    line += f"\n    {k}: {safe(u.get(k))}"
+                    line += f"\n    {k}: {safe(snap.get(k))}"
         click.echo(line)
     if bars:
         click.echo("Legend: " + click.style(" unavailable ", bg="red") + " " + click.style(" used ", bg="yellow")

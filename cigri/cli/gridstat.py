@@ -90,9 +90,9 @@ def cli(campaign_arg: int | None, campaign: int | None, dump: bool, pretty: bool
 
     if job is not None:
         path = f"/jobs/{job}" + ("/stdout" if out else "/stderr" if errf else "/cinfos" if cinfos else "")
-        params = {"pretty": "true"} if (pretty or cinfos) else None
-        r = api.get_with_progress(path, "Fetching output", params=params) if (out or errf) else api.get(path,
-                                                                                                      params=params)
+        job_params = {"pretty": "true"} if (pretty or cinfos) else None
+        r = api.get_with_progress(path, "Fetching output", params=job_params) if (out or errf) \
+            else api.get(path, params=job_params)
         if out or errf:
             if r.ok and not as_json:
                 click.echo(safe_text(r.body.get("output", "")), nl=False)

@@ -204,10 +204,11 @@ def cli(files: tuple[str, ...], jsons: tuple[str, ...], campaign: int | None, jo
         if jobfile:
             try:
                 size = os.path.getsize(jobfile)
-                fh = open(jobfile, "rb")  # noqa: SIM115 - streamed then closed by requests
+                tasks_file = open(jobfile, "rb")  # noqa: SIM115 - streamed then closed by requests
             except OSError as e:
                 raise CliError(f"Error: cannot read {jobfile}: {e.strerror}") from None
-            payloads.append((progress_lines(iter(lambda: fh.read(CHUNK), b""), size, "Sending tasks"), size))
+            chunks = iter(lambda: tasks_file.read(CHUNK), b"")
+            payloads.append((progress_lines(chunks, size, "Sending tasks"), size))
         if jsonjob:
             try:
                 lines = json.loads(jsonjob)
