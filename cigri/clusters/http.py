@@ -16,7 +16,7 @@ import socket
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -128,7 +128,15 @@ class RestSession:
             self._session = None
 
     def url(self, path: str) -> str:
-        return urljoin(self.base, path.lstrip("/") if not path.startswith(("http://", "https://")) else path)
+        """The URL of `path` under the cluster's API. A relative path must stay under it:
+        no `.`/`..` segment (even percent-encoded), which the cluster's web server would
+        resolve to another of its paths, reached with CiGri's credentials."""
+        if path.startswith(("http://", "https://")):
+            return path
+        url = urljoin(self.base, path.lstrip("/"))
+        if not url.startswith(self.base) or has_dot_segment(urlsplit(url).path):
+            raise ClusterAPIError(f"Refused: {path!r} leads outside the API of cluster {self.cluster.name}")
+        return url
 
     # ------------------------------------------------------------------ identity
 
@@ -290,6 +298,25 @@ class RestSession:
                                     params=base_params + [("limit", limit), ("offset", offset + len(page))])
                 except ClusterAPINotFound:  # OAR 3: offset past the end -> 404 "Empty request"
                     return items
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether `path` has a `.` or `..` segment, once percent-decoded (repeatedly)."""
+    for _ in range(4):
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    return any(seg in (".", "..") for seg in path.replace("\\", "/").split("/"))
+
+
+def media_path(path: str) -> str:
+    """A file path to read or delete through a cluster's media API: absolute, slashes
+    collapsed, and ValueError for a `.`/`..` segment or a NUL, which would reach another
+    file than the one named (or the API itself)."""
+    if "\0" in path or has_dot_segment(path):
+        raise ValueError(f"'.' and '..' are not allowed in a file path: {path!r}")
+    return "/" + "/".join(seg for seg in path.split("/") if seg)
 
 
 def _is_json(resp: requests.Response) -> bool:

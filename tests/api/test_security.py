@@ -191,3 +191,51 @@ def test_both_identity_header_spellings_from_trusted_proxies(api_conf: Any, pg_e
         r = stranger.post("/campaigns", json=JDL, headers={"X_CIGRI_USER": "carol"})
         assert r.status_code == 403 and "not a trusted proxy" in r.json()["message"]
     assert _campaigns(pg_engine) == 2
+
+
+# --------------------------------------------------------------------------- item 3
+def test_no_path_traversal_to_the_cluster_api(alice: TestClient, campaign: int, pg_engine: Engine) -> None:
+    """A fake OAR API logs what CiGri sends it: nothing may leave its media area, however
+    the dots are written (plain, percent-encoded, double-encoded), neither through
+    DELETE /clusters/:id/<path> nor through a job whose launching directory has `..`."""
+    from tests.clusters.fakehttp import serve
+    from tests.conftest import add_cluster
+
+    def handler(method: str, path: str, query: Any, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if path == "/oarapi/jobs/5":
+            job = {"id": 5, "state": "Terminated", "exit_code": 0, "launching_directory": "/home/alice/../../../",
+                   "stdout_file": "admin/secret", "stderr_file": "OAR.%jobid%.stderr"}
+            return 200, {"Content-Type": "application/json"}, json.dumps(job).encode()
+        return 200, {"Content-Type": "application/json"}, b"{}"
+
+    with serve(handler) as srv:
+        cl = add_cluster(pg_engine, "fake", api_url=srv.url)
+        for path in ("%2e%2e/%2e%2e/admin/x", "%252e%252e/%252e%252e/admin/x", "tmp/%2e/x",
+                     "tmp/%2E%2e/admin", "a/..%2fadmin"):
+            r = alice.delete(f"/clusters/{cl}/{path}")
+            assert r.status_code == 400 and "not allowed" in r.json()["message"], (path, r.text)
+        with pg_engine.begin() as c:
+            jid = c.execute(schema.jobs.insert().values(
+                campaign_id=campaign, param_id=1, state="terminated", cluster_id=cl, remote_id=5
+            ).returning(schema.jobs.c.id)).scalar()
+        r = alice.get(f"/jobs/{jid}/stdout")
+        assert r.status_code == 400 and "not allowed" in r.json()["message"]
+        # an ordinary file is still deleted through the media API
+        r = alice.delete(f"/clusters/{cl}/tmp/cigri-x")
+        assert r.status_code == 202, r.text
+        paths = [p for _, p, *_ in srv.requests]
+    assert not [p for p in paths if not (p.startswith("/oarapi/media/") or p == "/oarapi/jobs/5")], paths
+    assert "/oarapi/media/tmp/cigri-x" in paths
+
+
+def test_http_client_refuses_urls_outside_the_cluster_api() -> None:
+    import pytest
+
+    from cigri.clusters.base import ClusterAPIError, ClusterInfo
+    from cigri.clusters.http import RestSession
+
+    http = RestSession(ClusterInfo(id=1, name="c", api_url="http://127.0.0.1:9/oarapi/", batch="oar2_5"))
+    assert http.url("media/tmp/x") == "http://127.0.0.1:9/oarapi/media/tmp/x"
+    for bad_path in ("media/../../admin", "media/%2e%2e/%2e%2e/admin", "media/%252e%252e/x", "../x"):
+        with pytest.raises(ClusterAPIError, match="outside the API"):
+            http.url(bad_path)

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from cigri.api.core import ApiError, forbidden, int_id, link, not_found, render
+from cigri.api.core import ApiError, bad, forbidden, int_id, link, not_found, render
 from cigri.api.state import Api, get_api
 from cigri.clusters.base import ClusterAPIError, ClusterAPINotFound
+from cigri.clusters.http import media_path
 from cigri.db import api_queries as Q
 from cigri.db.clusters import get_cluster, user_mapping
 
@@ -55,6 +56,10 @@ def cluster(request: Request, api: ApiDep, clid: str, pretty_: str | None = Quer
 def delete_file(request: Request, api: ApiDep, clid: str, path: str) -> Response:
     caller = api.policy.user(request)
     i = int_id(clid)
+    try:
+        file_path = media_path(path)
+    except ValueError as e:
+        raise bad(str(e)) from None
     with api.engine.connect() as conn:
         info = get_cluster(conn, i)
         mapping = user_mapping(conn, i)
@@ -63,7 +68,7 @@ def delete_file(request: Request, api: ApiDep, clid: str, path: str) -> Response
         raise forbidden(f"Access denied: files of local cluster {info.name} can only be deleted by an admin")
     adapter = adapter_for(api, info, mapping)
     try:
-        adapter.delete_file("/" + path.lstrip("/"), caller.login)
+        adapter.delete_file(file_path, caller.login)
     except ClusterAPINotFound as e:
         raise not_found(f"File not found: {e.message}") from None
     except ClusterAPIError as e:

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from cigri import events as E
-from cigri.api.core import ApiError, accepted, int_id, link, not_found, render
+from cigri.api.core import ApiError, accepted, bad, int_id, link, not_found, render
 from cigri.api.routes.clusters import adapter_for
 from cigri.api.state import Api, get_api
 from cigri.clusters.base import ClusterAPIError, ClusterAPINotFound
+from cigri.clusters.http import media_path
 from cigri.db.clusters import get_cluster, user_mapping
 
 router = APIRouter()
@@ -55,6 +56,10 @@ def _output(request: Request, api: Api, jid: str, which: str) -> Response:
         path = remote.output_path(which)
         if not path:
             raise not_found(f"Job {job['id']} has no {which} file")
+        try:
+            path = media_path(path)
+        except ValueError as e:
+            raise bad(f"Job {job['id']}: {e}") from None
         text = adapter.get_file(path, job["grid_user"], int(api.conf.get("OUTPUT_TAIL_LINES")))
     except ClusterAPINotFound as e:
         raise not_found(f"File not found: {e.message}") from None
