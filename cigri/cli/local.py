@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cigri.config import Conf, embedded_conf, user_data_dir
 from cigri.errors import CigriError, ConfigError
@@ -33,7 +33,7 @@ from cigri.errors import CigriError, ConfigError
 EXIT_OK, EXIT_EVENTS, EXIT_BLOCKED, EXIT_DAEMONS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def die(msg: str, code: int = 1) -> None:
+def die(msg: str, code: int = 1) -> NoReturn:
     print(f"cigri: {msg}", file=sys.stderr)
     raise SystemExit(code)
 
@@ -203,10 +203,10 @@ class Daemons:
                 sock = Path(str(self.conf.get("API_LISTEN_SOCKET")))
                 sock.parent.mkdir(parents=True, exist_ok=True)
                 self.procs["api"] = subprocess.Popen(
-                    [sys.executable, "-m", "cigri.modules.api", "--workers", "1", "--log-level", "warning"],
+                    [sys.executable, "-P", "-m", "cigri.modules.api", "--workers", "1", "--log-level", "warning"],
                     env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_pdeathsig)
             self.procs["almighty"] = subprocess.Popen(
-                [sys.executable, "-m", "cigri.modules.almighty"], env=self.env, stdin=subprocess.DEVNULL,
+                [sys.executable, "-P", "-m", "cigri.modules.almighty"], env=self.env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, preexec_fn=_pdeathsig)
         finally:
             log.close()

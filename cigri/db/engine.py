@@ -47,8 +47,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
 
 
+class _SQLiteConnection(Connection):
+    """Reads (a connection's implicit transaction) begin deferred: in WAL mode they never
+    take the write lock, so a reader never holds up a writer nor waits for one. An explicit
+    begin() (`engine.begin()`, `transaction()`, `conn.begin()`) is a write transaction."""
+
+    _cigri_read = False
+
+    def _autobegin(self) -> None:
+        self._cigri_read = True
+        try:
+            super()._autobegin()
+        finally:
+            self._cigri_read = False
+
+
 def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # A write transaction takes the write lock first (BEGIN IMMEDIATE, waiting up to the busy
+    # timeout): a deferred one that reads, then writes, fails at once if another writer
+    # committed meanwhile, which no busy timeout can help.
+    conn.exec_driver_sql("BEGIN" if getattr(conn, "_cigri_read", False) else "BEGIN IMMEDIATE")
 
 
 def make_engine(conf: Conf | None = None, url: str | URL | None = None, **kw: Any) -> Engine:
@@ -58,6 +76,7 @@ def make_engine(conf: Conf | None = None, url: str | URL | None = None, **kw: An
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
         eng = sa.create_engine(u, connect_args={"timeout": 60, "check_same_thread": False}, **kw)
+        eng._connection_cls = _SQLiteConnection
         sa.event.listen(eng, "connect", _sqlite_pragmas)
         sa.event.listen(eng, "begin", _sqlite_begin)
         return eng

@@ -1,6 +1,6 @@
 """Almighty, the supervisor (spec §1.3), and the loop every engine daemon runs.
 
-Process tree (each child is `sys.executable -m cigri.modules.<x>`, so it works in any
+Process tree (each child is `sys.executable -P -m cigri.modules.<x>`, so it works in any
 virtual environment; the configuration reaches it through CIGRICONFFILE):
 
     almighty ─┬─ judas            long-lived, woken by NOTIFY cigri_judas / SIGUSR1
@@ -247,7 +247,7 @@ class Almighty:
             return [*base, *args]
         module = {"runner": "runner", "judas": "judas", "colombo": "colombo"}.get(kind, kind)
         extra = ["--loop"] if kind in PERIODIC else []
-        return [sys.executable, "-m", f"cigri.modules.{module}", *extra, *args]
+        return [sys.executable, "-P", "-m", f"cigri.modules.{module}", *extra, *args]
 
     # -- children
     def _spawn(self, ch: Child) -> None:

@@ -98,6 +98,19 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _try_lock(fd: int, tries: int = 5) -> bool:
+    """Lock a slot file for a new task: a liveness probe holds a shared lock on it for a few
+    microseconds, so a refusal is retried a few times before the slot is set aside."""
+    for i in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if i + 1 < tries:
+                time.sleep(0.0005 * (i + 1))
+    return False
+
+
 def status_line(wait_status: int) -> str:
     """What the shell would have written for a wait status (its own death by signal n: 128+n)."""
     if os.WIFSIGNALED(wait_status):
@@ -127,6 +140,9 @@ class Executor:
         self.stop = False
         self.check_ctl = True
         self.base_env = dict(os.environ)
+        #: slots whose lock was taken by someone else when a task was to start there (since when)
+        self.held: dict[int, float] = {}
+        self.held_logged: set[int] = set()
 
     # ------------------------------------------------------------------ ingestion
     def adopt_slots(self) -> None:
@@ -379,10 +395,10 @@ class Executor:
         rec.update(state="Running", start_time=int(t), cores=cores)
         fd = os.open(self.store.slot_path(slot), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live shepherd there: not ours
-            except OSError:
-                log(f"slot {slot} is held by a shepherd this executor does not know: core {slot} left unused")
+            if not _try_lock(fd):
+                # A probe holds it for an instant, or a shepherd this executor does not know
+                # lives there: the core is set aside and checked again at each pass, never lost.
+                self.held[slot] = self.held.get(slot, time.monotonic())
                 self.free.discard(slot)
                 self.waiting[job_id] = rec
                 rec.update(state="Waiting", start_time=None, cores=[])
@@ -414,6 +430,19 @@ class Executor:
         self.running[job_id] = Run(pid=pid, child=True, besteffort=rec["besteffort"], slot=slot, cores=cores,
                                    start=t, deadline=t + wt if wt else None)
         self.by_pid[pid] = job_id
+
+    def recheck_held(self) -> None:
+        """Give back the cores of slots whose lock is free again; say so once if a slot stays
+        held (a shepherd of another executor, or a stray process that inherited the lock)."""
+        for slot, since in list(self.held.items()):
+            if self.store.lock_alive(self.store.slot_path(slot)) is not True:
+                del self.held[slot]
+                self.held_logged.discard(slot)
+                if not any(slot in r.cores for r in self.running.values()):
+                    self.free.add(slot)
+            elif time.monotonic() - since > 10 and slot not in self.held_logged:
+                self.held_logged.add(slot)
+                log(f"slot {slot} is held by a process this executor does not know: core {slot} waits for it")
 
     def tell_runner(self) -> None:
         """Wake the runner when it has something to do: all the work is over (it records
@@ -468,6 +497,8 @@ class Executor:
         """One pass: reap, kill, start, then sleep until woken (FIFO, SIGCHLD) or a timer is due."""
         self.reap()
         self.check_adopted()
+        if self.held:
+            self.recheck_held()
         if self.check_ctl:
             self.deletions()
             self.check_ctl = False
@@ -490,6 +521,8 @@ class Executor:
             return fifo_fd, last_scan, last_work
         if any(not r.child for r in self.running.values()):
             timeout = min(timeout, 0.2)
+        if self.held:
+            timeout = min(timeout, 0.02 if self.waiting else 0.5)
         try:
             ready, _, _ = select.select([fifo_fd, wake_r], [], [], timeout)
         except InterruptedError:

@@ -405,10 +405,12 @@ class Store:
             elif job_id in slots:
                 slot, live, done = slots[job_id]
                 rec.update(live)
-                if not done and self.lock_alive(self.slot_path(slot)) is False:
+                if not done:
+                    # A live executor watches its shepherds itself: probe the slot lock only
+                    # when none runs (a probe delays the executor's own lock on that slot).
                     if executor is None:
                         executor = self.executor_running()
-                    if not executor:
+                    if not executor and self.lock_alive(self.slot_path(slot)) is False:
                         rec.update(self.mark_lost(slot) or {})
             out[job_id] = rec
         return out
@@ -456,7 +458,7 @@ class Store:
         self.setup()
         with open(self.log_file, "a") as log:
             subprocess.run(
-                [sys.executable, "-m", "cigri.localexec.executor", str(self.root), "--cores", str(cores),
+                [sys.executable, "-P", "-m", "cigri.localexec.executor", str(self.root), "--cores", str(cores),
                  "--daemon"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
                 check=False, timeout=60)

@@ -218,7 +218,9 @@ def test_tasks_survive_killed_submitter_and_executor(make_adapter, workdir: Path
 def test_dead_shepherd_is_reported(make_adapter, workdir: Path):
     a = make_adapter()
     [jid] = a.submit(JobRequest(command="sleep 300", directory=str(workdir)), "alice")
-    job = wait_state(a, jid, Outcome.RUNNING)
+    # (the shepherd's pid follows the Running record by an instant)
+    job = wait_for(lambda: (j := a.get_job(jid)).outcome is Outcome.RUNNING and j.raw.get("shepherd") and j,
+                   what="shepherd pid")  # type: ignore[assignment]
     a.store.stop_executor()  # nobody reaps: the adapter itself must notice
     os.kill(job.raw["shepherd"], signal.SIGKILL)
     wait_for(lambda: not _alive(job.raw["shepherd"]), what="shepherd dead")
