@@ -41,6 +41,8 @@ def test_wheel_ships_modules_sql_and_conf(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "cigri/modules/almighty.py" in names
     assert "cigri/modules/runner.py" in names
+    for init in ROOT.glob("cigri/**/__init__.py"):  # every subpackage (a new one is easily forgotten)
+        assert init.relative_to(ROOT).as_posix() in names, init
     assert any(n.endswith("share/cigri/sql/cigri3.sql") for n in names)
     assert any(n.endswith("share/cigri/conf/cigri.conf") for n in names)
     ep = next(n for n in names if n.endswith("entry_points.txt"))
