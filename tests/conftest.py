@@ -43,12 +43,16 @@ POSTGRES = parts.Part("PostgreSQL", "CIGRI_POSTGRES", _probe_postgres, hint="sud
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Parts declared with tests.parts.requires_part, and the OAR testbed for every test marked `oar`."""
+    """Parts declared with tests.parts.requires_part, and the testbed of every test marked `oar` or `slurm`."""
     parts.check_marked_parts(item)
     if item.get_closest_marker("oar") is not None:
         from tests.oar_testbed import OAR_TESTBED
 
         OAR_TESTBED.require()
+    if item.get_closest_marker("slurm") is not None:
+        from tests.slurm_testbed import SLURM_TESTBED
+
+        SLURM_TESTBED.require()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -150,7 +154,7 @@ def add_cluster(engine: Engine, name: str = "c1", batch: str = "oar2_5",
 
 
 # A hung test must fail with a traceback, not eat CI's time budget: each test gets a
-# deadline (CIGRI_TEST_TIMEOUT seconds, 900 for tests marked oar/slow, 300 otherwise).
+# deadline (CIGRI_TEST_TIMEOUT seconds, 900 for tests marked oar/slurm/slow, 300 otherwise).
 @pytest.fixture(autouse=True)
 def _test_deadline(request: pytest.FixtureRequest) -> Iterator[None]:
     import signal
@@ -159,7 +163,7 @@ def _test_deadline(request: pytest.FixtureRequest) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    slow = request.node.get_closest_marker("oar") or request.node.get_closest_marker("slow")
+    slow = any(request.node.get_closest_marker(m) for m in ("oar", "slurm", "slow"))
     limit = int(os.environ.get("CIGRI_TEST_TIMEOUT", "900" if slow else "300"))
 
     def _expired(signum: int, frame: object) -> None:

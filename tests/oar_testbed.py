@@ -30,6 +30,7 @@ import pytest
 import requests
 
 from tests.parts import Part, requires_part
+from tests.testbed_common import read_env_file, wait_for  # noqa: F401 - wait_for re-exported for the OAR tests
 
 RIG_ETC = Path("/etc/oar-rig")
 RIG_RUN = Path("/run/oar-rig")
@@ -39,15 +40,7 @@ DEFAULT_NAMES = ("c1", "c2", "c3")
 
 def _rig_env() -> dict[str, str]:
     """rig.env as a dict, overridden by the RIG_API_cN variables of the environment."""
-    values: dict[str, str] = {}
-    try:
-        for line in RIG_ENV.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                k, v = line.split("=", 1)
-                values[k] = v.strip().strip('"')
-    except OSError:
-        pass
+    values = read_env_file(RIG_ENV)
     for k, v in os.environ.items():
         if k.startswith("RIG_API_"):
             values[k] = v
@@ -182,18 +175,6 @@ def api_start(name: str, deadline: float = 120) -> None:
                 _apache(name, "start")
         time.sleep(0.3)
     raise RuntimeError(f"API of {name} does not answer after start")
-
-
-def wait_for(predicate: Any, deadline: float = 180, interval: float = 1.0, what: str = "condition") -> Any:
-    """Poll `predicate()` until it returns a truthy value (returned) or the deadline passes."""
-    end = time.monotonic() + deadline
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline} s waiting for {what}")
-        time.sleep(interval)
 
 
 # these helpers are imported into test modules: keep pytest from collecting them as tests
