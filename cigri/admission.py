@@ -3,9 +3,10 @@ ascending id order at every campaign submission.
 
 A rule sees `jdl` (the expanded JDL, a mutable dict: the final value is stored),
 `user` (grid login), `params` (a read-only, lazy view of the parameter lines) and
-`reject(msg)`. Rules run in a separate worker process with a timeout, an address-space
-and a CPU limit and no database handle, so a buggy or hostile rule can neither crash
-nor hang the API nor touch the submission transaction. See docs/admission-rules.md.
+`reject(msg)`. Rules run in a separate worker process, never as root, in their own PID
+namespace, with a timeout, address-space, CPU and output limits and no database handle,
+so a buggy or hostile rule can neither crash, hang nor signal the API, nor leave processes
+behind, nor touch the submission transaction. See docs/admission-rules.md.
 
 This module doubles as the worker (`python -m cigri.admission`): keep its imports light.
 """
@@ -45,45 +46,82 @@ def load_rules(conn: Any) -> list[tuple[int, str]]:
     return active_rules(conn)
 
 
+OUTPUT_LIMIT = 16 * 1024 * 1024  # bytes a worker may write (its answer is the JDL; prints go to stderr)
+RULE_MARK = b"\x1eCIGRI RULE "  # the worker's stderr line announcing the rule it starts
+TOKEN_VAR = "CIGRI_RULES_RUN"
+
+
 def run_rules(rules: list[tuple[int, str]], jdl: dict[str, Any], user: str,
               params_source: dict[str, Any], timeout: float = RULE_TIMEOUT,
-              memory: int = RULE_MEMORY) -> dict[str, Any]:
-    """Run the rules in a worker process; returns the (possibly modified) JDL.
+              memory: int = RULE_MEMORY, rules_user: str | None = None,
+              output_limit: int = OUTPUT_LIMIT) -> dict[str, Any]:
+    """Run the rules in a sandboxed worker process; returns the (possibly modified) JDL.
 
-    `params_source` is {"params": [...]}, {"nb_jobs": n} or {"param_file": path}.
-    Raises AdmissionRuleError on rejection, failure, timeout or crash."""
+    `params_source` is {"params": [...]}, {"nb_jobs": n} or {"param_file": path} (opened
+    here and handed over as an open file: the worker's user need not be able to read it).
+    `rules_user` (default: ADMISSION_RULES_USER) is who the rules run as when the caller is
+    root. Raises AdmissionRuleError on rejection, failure, timeout, crash or excess output,
+    with a message naming the rule."""
     from cigri.errors import AdmissionRuleError
 
     if not rules:
         return jdl
-    payload = json.dumps({"rules": rules, "jdl": jdl, "user": user, "params": params_source,
-                          "memory": memory, "cpu": int(timeout) + 1})
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "PYTHONPATH")}
-    # The worker gets exactly our import path (this module, and whatever a rule may import
-    # from our site-packages) and skips site.py: it starts in half the time.
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in sys.path if p and p != here])
-    # Own session: a rule that forks cannot leave processes behind after a timeout.
-    proc = subprocess.Popen([sys.executable, "-S", "-m", "cigri.admission"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    if rules_user is None:
+        from cigri.config import get_conf
+
+        rules_user = str(get_conf().get("ADMISSION_RULES_USER") or "")
+    prefix = _sandbox_prefix(rules_user)
+    token = os.urandom(8).hex()
+    param_fd = None
+    source = dict(params_source)
+    if "param_file" in source:
+        try:
+            param_fd = os.open(source.pop("param_file"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise AdmissionRuleError(f"admission rules failed: cannot read the parameter file ({e.strerror})") from None
+        source["param_fd"] = param_fd
+    payload = json.dumps({"rules": rules, "jdl": jdl, "user": user, "params": source,
+                          "memory": memory, "cpu": int(timeout) + 1}).encode()
+    # `-I`: no PYTHON* variables, no user site-packages, and neither the working directory
+    # nor the script's directory on the import path; cwd=/ anyway.
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", TOKEN_VAR: token}
     try:
-        stdout, stderr = proc.communicate(payload.encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-        stdout, stderr = proc.communicate()
-        running = _last_rule(stderr or b"")
-        who = f"rule {running}" if running else "admission rules"
-        raise AdmissionRuleError(f"{who} failed: timed out after {timeout:g} s") from None
+        proc = subprocess.Popen(prefix + [sys.executable, "-I", "-m", "cigri.admission"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", env=env,
+                                start_new_session=True, pass_fds=(param_fd,) if param_fd is not None else ())
+    except OSError as e:
+        if param_fd is not None:
+            os.close(param_fd)
+        raise AdmissionRuleError(f"admission rules failed: cannot start the rule worker ({e})") from None
+    try:
+        stdout, running, trouble = _exchange(proc, payload, timeout, output_limit)
     finally:
         _kill_group(proc.pid)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_stragglers(token)
+        if param_fd is not None:
+            os.close(param_fd)
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+    who = f"rule {running}" if running else "admission rules"
+    if trouble == "timeout":
+        raise AdmissionRuleError(f"{who} failed: timed out after {timeout:g} s")
+    if trouble == "output":
+        raise AdmissionRuleError(f"{who} failed: it wrote more than {output_limit // 1024} KiB of output")
     try:
         answer = json.loads(stdout.decode(errors="replace") or "null")
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        running = _last_rule(stderr)
-        who = f"rule {running}" if running else "admission rules"
-        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        rc = proc.returncode
+        how = "still running" if rc is None else f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
         raise AdmissionRuleError(f"{who} failed: the rule worker died ({how})")
     if "error" in answer:
         raise AdmissionRuleError(f"rule {answer['error']['rule']} failed: {answer['error']['message']}")
@@ -91,6 +129,123 @@ def run_rules(rules: list[tuple[int, str]], jdl: dict[str, Any], user: str,
     if not isinstance(new, dict):
         raise AdmissionRuleError("admission rules failed: jdl is no longer an object")
     return new
+
+
+def _exchange(proc: subprocess.Popen[bytes], payload: bytes, timeout: float,
+              limit: int) -> tuple[bytes, str | None, str | None]:
+    """Feed the payload, read the answer with bounds: (stdout, id of the last rule started,
+    None | 'timeout' | 'output'). Stops soon after the worker's exit, even if processes it
+    left behind keep its pipes open."""
+    import selectors
+    import threading
+    import time
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(payload)
+            proc.stdin.close()
+        except OSError:
+            pass  # the worker died: its exit status tells
+
+    threading.Thread(target=feed, daemon=True).start()
+    out = bytearray()
+    err_total = 0
+    partial = b""  # stderr is scanned line by line for the worker's "RULE <id>" marks, never kept
+    last_rule: str | None = None
+    assert proc.stdout is not None and proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    for f in (proc.stdout, proc.stderr):
+        os.set_blocking(f.fileno(), False)
+        sel.register(f, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    trouble: str | None = None
+    exited_at: float | None = None
+    try:
+        while sel.get_map() and trouble is None:
+            now = time.monotonic()
+            if now > deadline:
+                trouble = "timeout"
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > 1.0:
+                break  # what is left is held by processes the worker left behind
+            for key, _ in sel.select(min(0.2, max(deadline - now, 0.0))):
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                elif key.fileobj is proc.stdout:
+                    out += chunk
+                    if len(out) > limit:
+                        trouble = "output"
+                else:
+                    err_total += len(chunk)
+                    lines = (partial + chunk).split(b"\n")
+                    partial = lines.pop()[-64:]
+                    for line in lines:
+                        if line.startswith(RULE_MARK):
+                            last_rule = line[len(RULE_MARK):].decode(errors="replace").strip()
+                    if err_total > limit:
+                        trouble = "output"
+    finally:
+        sel.close()
+    return bytes(out), last_rule, trouble
+
+
+def _sandbox_prefix(rules_user: str) -> list[str]:
+    """The command that puts the worker in its own PID namespace (it can neither see nor
+    signal anything outside, and when it ends the kernel kills whatever it left behind)
+    and, when we are root, under `rules_user`: rules never run as root."""
+    from cigri.errors import AdmissionRuleError
+
+    root = os.geteuid() == 0
+    drop: list[str] = []
+    if root:
+        import pwd
+
+        if not rules_user:
+            raise AdmissionRuleError("admission rules cannot run: they never run as root, and ADMISSION_RULES_USER "
+                                     "is empty (docs/admission-rules.md)")
+        try:
+            pw = pwd.getpwnam(rules_user)
+        except KeyError:
+            raise AdmissionRuleError(
+                f"admission rules cannot run: the system user {rules_user} (ADMISSION_RULES_USER) does not exist; "
+                f"create it with: useradd --system --no-create-home --shell /usr/sbin/nologin {rules_user}") from None
+        if pw.pw_uid == 0:
+            raise AdmissionRuleError(f"admission rules cannot run: ADMISSION_RULES_USER {rules_user} is root")
+        drop = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", "--"]
+    return _namespace_prefix(root) + drop
+
+
+_ns_checked: dict[bool, list[str]] = {}
+
+
+def _namespace_prefix(root: bool) -> list[str]:
+    """`unshare` for a new PID namespace (with a user namespace when not root), if this
+    machine allows it; checked once per process."""
+    if root not in _ns_checked:
+        import logging
+        import shutil
+
+        cmd = ["unshare"] + ([] if root else ["--user"]) + ["--pid", "--fork", "--kill-child", "--mount-proc", "--"]
+        ok = False
+        if shutil.which("unshare"):
+            try:
+                ok = subprocess.run(cmd + ["true"], capture_output=True, timeout=30, cwd="/").returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+        if not ok:
+            logging.getLogger("cigri.admission").warning(
+                "admission rules run without their own PID namespace (unshare%s failed): processes a rule "
+                "leaves behind are found by their environment, and a rule running as the API's own user "
+                "could signal it (docs/admission-rules.md)", "" if root else " --user")
+        _ns_checked[root] = cmd if ok else []
+    return _ns_checked[root]
 
 
 def _kill_group(pid: int) -> None:
@@ -101,11 +256,25 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _last_rule(stderr: bytes) -> str | None:
-    for line in reversed(stderr.decode(errors="replace").splitlines()):
-        if line.startswith("RULE "):
-            return line.split()[1]
-    return None
+def _kill_stragglers(token: str) -> None:
+    """Without a PID namespace: kill what a rule left behind in another session (setsid),
+    recognised by the run's token in its environment."""
+    import signal
+
+    needle = f"{TOKEN_VAR}={token}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in env:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def translate_ruby_rule(code: str) -> tuple[str, bool]:
@@ -152,8 +321,10 @@ class ParamsView:
             yield from (str(p).strip() for p in self._src["params"])
         elif "nb_jobs" in self._src:
             yield from map(str, range(int(self._src["nb_jobs"])))
-        elif "param_file" in self._src:
-            with open(self._src["param_file"], encoding="utf-8", errors="replace") as f:
+        elif "param_fd" in self._src:  # the parameter file, opened by the API for us
+            fd = int(self._src["param_fd"])
+            os.lseek(fd, 0, os.SEEK_SET)
+            with open(os.dup(fd), encoding="utf-8", errors="replace") as f:
                 for line in f:
                     yield line.strip()
 
@@ -190,6 +361,11 @@ class ParamsView:
 def _worker() -> None:
     import resource
 
+    # The answer goes to the original stdout; anything a rule prints goes to stderr, which
+    # the API reads with a bound and otherwise ignores.
+    answer_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     req = json.loads(sys.stdin.read())
     try:
         resource.setrlimit(resource.RLIMIT_AS, (req["memory"], req["memory"]))
@@ -205,7 +381,8 @@ def _worker() -> None:
 
     answer: dict[str, Any]
     for rid, code in req["rules"]:
-        print(f"RULE {rid}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"{RULE_MARK.decode()}{rid}\n")
+        sys.stderr.flush()
         scope = {"jdl": jdl, "user": req["user"], "params": params, "reject": reject,
                  "__name__": f"admission_rule_{rid}"}
         try:
@@ -226,8 +403,9 @@ def _worker() -> None:
         out = json.dumps(answer)
     except (TypeError, ValueError) as e:
         out = json.dumps({"error": {"rule": rid, "message": f"jdl is not JSON-serialisable ({e})"}})
-    sys.stdout.write(out)
-    sys.stdout.flush()
+    data = out.encode()
+    while data:
+        data = data[os.write(answer_fd, data):]
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ VARIABLES: dict[str, Var] = {
     "NOTIFICATIONS_XMPP_PORT": Var(5222, _int),
     "NOTIFICATIONS_XMPP_IDENTITY": Var("", _str),
     "NOTIFICATIONS_XMPP_PASSWORD": Var("", _str),
+    "ADMISSION_RULES_USER": Var("cigri-rules", _str),
     "GRID_USAGE_UPDATE_PERIOD": Var(60, _int),
     "GRID_USAGE_SYNC_TIME": Var(10, _int),
     # --- api-clients.conf (spec §13.3)
