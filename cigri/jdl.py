@@ -47,6 +47,10 @@ JOBS_TYPES = ("normal", "desktop_computing")
 #: upper bound of nb_jobs (a typo guard, not a resource limit: parameters are streamed).
 MAX_NB_JOBS = 100_000_000
 MAX_NAME_LENGTH = 255
+#: a task's command line (exec_file, then its parameter line) is one argument of a shell, and
+#: Linux caps one argument at 128 KiB: a longer one could never start (docs/compat.md)
+MAX_PARAM_LINE = 64 * 1024
+MAX_STRING_FIELD = 32 * 1024
 _WALLTIME = re.compile(r"\d+(:\d{1,2}){0,2}")
 _ENV_VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
@@ -82,6 +86,8 @@ def _check_field(field: str, v: Any, where: str) -> Any:
             raise ParseError(f"Field 'exec_file'{where} is empty")
         if "\0" in v:
             raise ParseError(f"Field '{field}'{where} contains a NUL character")
+        if len(v) > MAX_STRING_FIELD // 4 and len(v.encode()) > MAX_STRING_FIELD:
+            raise ParseError(f"Field '{field}'{where} is longer than {MAX_STRING_FIELD} bytes")
         return v
     if field in WALLTIME_FIELDS:
         if _is_int(v) and v > 0:
@@ -117,7 +123,26 @@ def parse_jdl(text_or_dict: Any) -> dict[str, Any]:
     """Parse and validate a JDL (JSON text, bytes or an already decoded object).
 
     Returns a new dict with lower-cased top-level keys and validated fields; raises
-    ParseError with one message naming the problem."""
+    ParseError with one message naming the problem (and, from a text, its line)."""
+    try:
+        return _parse_jdl(text_or_dict)
+    except ParseError as e:
+        line = _field_line(text_or_dict, str(e)) if isinstance(text_or_dict, str) else None
+        if line is None:
+            raise
+        raise ParseError(f"line {line}: {e}") from None
+
+
+def _field_line(text: str, message: str) -> int | None:
+    """The line of the JDL text where the field a message names is written."""
+    m = re.match(r"(?:Field|Unknown field) '([^']+)'", message)
+    if not m:
+        return None
+    found = re.search(r'"' + re.escape(m.group(1)) + r'"\s*:', text, re.I)
+    return text.count("\n", 0, found.start()) + 1 if found else None
+
+
+def _parse_jdl(text_or_dict: Any) -> dict[str, Any]:
     if isinstance(text_or_dict, (bytes, bytearray)):
         try:
             text_or_dict = text_or_dict.decode("utf-8")
@@ -184,8 +209,8 @@ def parse_jdl(text_or_dict: Any) -> dict[str, Any]:
         checked[cname] = cb
     jdl["clusters"] = checked
 
-    _check_params_fields(jdl)
     _check_sizes(jdl)
+    _check_params_fields(jdl)
     return jdl
 
 
@@ -204,7 +229,16 @@ def _check_sizes(jdl: dict[str, Any]) -> None:
     blocks = [("", jdl)] + [(f" of cluster '{c}'", b) for c, b in jdl["clusters"].items()]
     for where, block in blocks:
         for k, v in block.items():
-            if k not in known and _size(v) > MAX_UNKNOWN_FIELD:
+            if k in known:
+                continue
+            # Unknown fields are kept (admission rules may read them), but a typo of a known
+            # one (`nb_job`) would silently be ignored: refused, naming the field meant.
+            import difflib
+
+            close = difflib.get_close_matches(k, known, n=1, cutoff=0.8)
+            if close:
+                raise ParseError(f"Unknown field '{k}'{where}: did you mean '{close[0]}'?")
+            if _size(v) > MAX_UNKNOWN_FIELD:
                 raise ParseError(f"Field '{k}'{where} is unknown to CiGri and larger than {MAX_UNKNOWN_FIELD} bytes")
     rest = {k: v for k, v in jdl.items() if k != "params"}
     if _size(rest) > MAX_JDL_WITHOUT_PARAMS:
@@ -378,6 +412,9 @@ def check_param_line(line: str, where: str) -> str:
     name = line.split(None, 1)[0] if line.strip() else ""
     if len(name) > MAX_NAME_LENGTH:
         raise ParseError(f"Parameter name at {where} is longer than {MAX_NAME_LENGTH} characters")
+    if len(line) > MAX_PARAM_LINE // 4 and len(line.encode()) > MAX_PARAM_LINE:
+        raise ParseError(f"Parameter {where} is longer than {MAX_PARAM_LINE} bytes (a task's command line "
+                         "must fit in one shell argument)")
     return name
 
 
@@ -428,7 +465,7 @@ def iter_named_params(jdl: dict[str, Any], user: str = "") -> Iterator[tuple[str
                         yield "", ""
                         continue
                     name = line.split(None, 1)[0]
-                    if len(name) > MAX_NAME_LENGTH or "\0" in line:
+                    if len(name) > MAX_NAME_LENGTH or "\0" in line or len(line) > MAX_PARAM_LINE // 4:
                         check_param_line(line, f"line {n} of parameter file '{path}'")
                     yield name, line
         except UnicodeDecodeError:

@@ -100,9 +100,14 @@ def load_jdl(path: str) -> tuple[dict[str, Any], str]:
     from cigri.jdl import parse_jdl
 
     try:
-        text = Path(find_jdl(path)).read_text()
+        raw = Path(find_jdl(path)).read_bytes()
     except OSError as e:
         die(f"cannot read {path}: {e.strerror}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        die(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the JDL as UTF-8")
     try:
         parse_jdl(text)
         data = json.loads(text)
@@ -115,7 +120,41 @@ def load_jdl(path: str) -> tuple[dict[str, Any], str]:
         print(f"cigri: the JDL targets {', '.join(value)}: running it on the local cluster "
               f"(with the settings of {first})", file=sys.stderr)
         data[key] = {"local": value[first]}
+    check_exec_file(path, data)
     return data, hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_exec_file(path: str, data: dict[str, Any]) -> None:
+    """The program runs on this machine: a missing or non-executable exec_file is found now,
+    not as thousands of failed tasks (exit code 127 or 126)."""
+    import shlex
+    import shutil
+
+    clusters: dict[str, Any] = next((v for k, v in data.items() if k.lower() == "clusters"), {})
+    settings: dict[str, Any] = clusters.get("local") or {} if isinstance(clusters, dict) else {}
+    exec_file = settings.get("exec_file") or data.get("exec_file")
+    if not isinstance(exec_file, str) or not exec_file.strip() or settings.get("container") or data.get("container"):
+        return
+    try:
+        program = shlex.split(exec_file)[0]
+    except (ValueError, IndexError):
+        return
+    if program.startswith("$") or "=" in program:  # a variable or an assignment: the shell decides
+        return
+    if "/" not in program:
+        if shutil.which(program) is None and program not in _SHELL_BUILTINS:
+            die(f"{path}: exec_file: {program}: command not found in PATH")
+        return
+    directory = settings.get("exec_directory") or data.get("exec_directory") or "~"
+    full = os.path.join(os.path.expanduser(os.path.expandvars(str(directory))), os.path.expanduser(program))
+    if not os.path.exists(full):
+        die(f"{path}: exec_file: {full}: no such file")
+    if os.path.isdir(full) or not os.access(full, os.X_OK):
+        die(f"{path}: exec_file: {full}: not executable (chmod +x {full})")
+
+
+_SHELL_BUILTINS = frozenset({"true", "false", "echo", "printf", "exit", "cd", "export", "test", "[", ":", "exec",
+                             "eval", "set", "read", "sleep"})
 
 
 def find_jdl(path: str) -> str:
@@ -155,7 +194,8 @@ def remember_run(conf: Conf, jdl_path: str, digest: str, cid: int) -> None:
     os.replace(tmp, p)
 
 
-def submit_or_resume(conf: Conf, engine: Any, jdl_path: str, new: bool) -> tuple[int, bool]:
+def submit_or_resume(conf: Conf, engine: Any, jdl_path: str, new: bool,
+                     rerun_failed: bool = False) -> tuple[int, bool]:
     from cigri.campaigns import resume_campaign, submit_campaign
     from cigri.db import local as dblocal
 
@@ -165,11 +205,33 @@ def submit_or_resume(conf: Conf, engine: Any, jdl_path: str, new: bool) -> tuple
         cid = find_run(conf, jdl_path, digest)
         if cid is not None:
             with engine.connect() as conn:
-                state = dblocal.campaign_state(conn, cid)
+                p = dblocal.progress(conn, cid)
+            state = p.get("state")
+            if p and p["failed"] and p["active"] == 0 and state in ("in_treatment", "paused"):
+                if not rerun_failed:
+                    print(f"Campaign {cid} of this JDL has run: {p['done']}/{p['total']} tasks done, "
+                          f"{p['failed']} failed{', ' + str(p['waiting']) + ' not run' if p['waiting'] else ''}.\n"
+                          f"  cigri local summary {cid}                  lists the failed tasks\n"
+                          f"  cigri local run {jdl_path} --rerun-failed   runs the failed tasks again "
+                          f"(and the ones not run)\n"
+                          f"  cigri local run {jdl_path} --new           runs every task again")
+                    raise SystemExit(EXIT_EVENTS)
+                from cigri.events import fix_campaign_events
+
+                n = len(fix_campaign_events(engine, cid, user, (user,), resubmit=True))
+                print(f"Re-running the {p['failed']} failed tasks of campaign {cid} ({n} events fixed).")
+            elif rerun_failed:
+                print(f"Campaign {cid} of this JDL has no failed task to re-run.")
+            if state == "terminated" and not rerun_failed:
+                print(f"Campaign {cid} of this JDL is finished: {p['done']}/{p['total']} tasks done "
+                      f"(`cigri local summary {cid}`). `--new` runs every task again.")
+                raise SystemExit(EXIT_OK)
             if state == "paused":
                 resume_campaign(engine, cid, user)
             if state in ("in_treatment", "paused"):
                 return cid, True
+        elif rerun_failed:
+            die(f"{jdl_path}: no campaign of this JDL (as it is now) to re-run: run it without --rerun-failed")
     try:
         cid = submit_campaign(engine, data, user, conf)
     except CigriError as e:
@@ -214,11 +276,15 @@ class Daemons:
     def dead(self) -> list[str]:
         return [name for name, p in self.procs.items() if p.poll() is not None]
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def signal(self) -> None:
+        """Ask every daemon to stop (without waiting)."""
         for p in self.procs.values():
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.signal()
         end = time.monotonic() + timeout
         for p in self.procs.values():
             try:
@@ -260,7 +326,42 @@ def client_hint(conf: Conf) -> str | None:
 
 
 # ------------------------------------------------------------------ display
+def exit_text(return_code: int | None) -> str:
+    """A stored wait status as a person reads it: `exit code 3`, `signal 9 (KILL)`."""
+    if return_code is None:
+        return "no exit code"
+    from cigri.clusters.base import ExitStatus
+
+    ex = ExitStatus.from_wait_status(int(return_code))
+    if ex.signal:
+        try:
+            return f"signal {ex.signal} ({signal.Signals(ex.signal).name[3:]})"
+        except ValueError:
+            return f"signal {ex.signal}"
+    return f"exit code {ex.code}"
+
+
+def failure_line(name: str | None, code: str, return_code: int | None, message: str | None) -> str:
+    """One line per failed task: its name, how it ended, the last line of its stderr."""
+    lines = (message or "").splitlines()
+    tail = ""
+    if len(lines) > 1 and lines[1].startswith("Last "):
+        tail = lines[-1].strip()
+    how = exit_text(return_code) if code == "EXIT_ERROR" else f"{code}: {lines[0] if lines else ''}"
+    return f"task {name or '?'} failed: {how}" + (f" | {tail[:100]}" if tail else "")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:d}:{s % 60:02d}"
+
+
 class Display:
+    """The progress line (a bar, task counts that add up to the total, rate, ETA), redrawn
+    in place on a terminal, and one line per failed task as it fails."""
+
+    WIDTH = 24
+
     def __init__(self, quiet: bool = False):
         self.tty = sys.stdout.isatty() and not quiet
         self.quiet = quiet
@@ -268,14 +369,28 @@ class Display:
         self.last_print = 0.0
         self.t0 = time.monotonic()
         self.seen_events: set[int] = set()
+        self.samples: list[tuple[float, int]] = []  # (time, done) of the last minute
+
+    def rate(self, done: int) -> float | None:
+        t = time.monotonic()
+        if not self.samples or self.samples[-1][1] != done:
+            self.samples.append((t, done))
+        self.samples = [x for x in self.samples if t - x[0] <= 60] or [(t, done)]
+        t0, d0 = self.samples[0]
+        return (done - d0) / (t - t0) if t - t0 >= 1 and done > d0 else None
 
     def line(self, cid: int, p: dict[str, Any]) -> str:
-        el = int(time.monotonic() - self.t0)
         total = p["total"] or 0
-        pct = f" ({100 * p['done'] // total}%)" if total else ""
-        return (f"campaign {cid} {p['name']}: {p['done']}/{total} done{pct}, {p['running']} running, "
-                f"{p['pending']} waiting, {p['failed']} failed, {p['open_events']} open events "
-                f"[{el // 60:02d}:{el % 60:02d}]")
+        done, running, failed = p["done"], p["running"], p["failed"]
+        fill = (done * self.WIDTH // total) if total else 0
+        bad = (failed * self.WIDTH // total) if total else 0
+        bar = "#" * fill + "x" * min(bad, self.WIDTH - fill) + "." * max(0, self.WIDTH - fill - bad)
+        rate = self.rate(done)
+        left = total - done - failed
+        speed = f"{rate:.0f}/s" if rate and rate >= 10 else (f"{rate:.1f}/s" if rate else "-/s")
+        eta = f"ETA {_duration(left / rate)}" if rate and left > 0 and p["state"] == "in_treatment" else ""
+        return (f"[{bar}] {done}/{total} done, {running} running, {p['waiting']} waiting, {failed} failed"
+                f" | {speed} {eta} | {_duration(time.monotonic() - self.t0)} (campaign {cid})").replace("  ", " ")
 
     def show(self, cid: int, p: dict[str, Any]) -> None:
         for e in p["events"]:
@@ -283,8 +398,8 @@ class Display:
                 self.seen_events.add(e["id"])
                 if not self.quiet:
                     self._clear()
-                    first = (e["message"] or "").splitlines()[0] if e["message"] else ""
-                    print(f"  event {e['id']} {e['code']} (job {e['job_id']}): {first}")
+                    print("  " + failure_line(e.get("task"), e["code"], e.get("return_code"), e["message"]),
+                          flush=True)
         text = self.line(cid, p)
         if self.quiet:
             return
@@ -302,17 +417,24 @@ class Display:
 
     def end(self, cid: int, p: dict[str, Any] | None) -> None:
         self._clear()
-        if p:
+        if p and not self.quiet:
             print(self.line(cid, p), flush=True)
 
 
-def print_events(p: dict[str, Any]) -> None:
-    for e in p["events"]:
-        if e["code"] == "BLACKLIST":
-            continue
-        print(f"event {e['id']} {e['code']} [{e['class_']}] job {e['job_id']}:")
-        for line in (e["message"] or "").splitlines():
-            print(f"    {line}")
+def print_failed(conn: Any, cid: int, limit: int | None = 20, tail: int = 5) -> int:
+    """The failed tasks of a campaign by name, with their exit code and the tail of their stderr."""
+    from cigri.db import local as dblocal
+
+    rows = dblocal.failed_tasks(conn, cid, None if limit is None else limit + 1)
+    for r in rows[:limit]:
+        print("  " + failure_line(r["name"], r["code"], r["return_code"], None))
+        lines = (r["message"] or "").splitlines()
+        body = lines[2:] if len(lines) > 1 and lines[1].startswith("Last ") else lines[1:]
+        for line in body[-tail:]:
+            print(f"      {line}")
+    if limit is not None and len(rows) > limit:
+        print(f"  ... (`cigri local summary {cid} --all` lists them all)")
+    return len(rows)
 
 
 # ------------------------------------------------------------------ commands
@@ -326,7 +448,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         engine = open_db(conf)
     except Exception as e:  # noqa: BLE001 - one clear message, never a traceback
         die(f"cannot open the database: {e}")
-    cid, resumed = submit_or_resume(conf, engine, args.jdl, args.new)
+    cid, resumed = submit_or_resume(conf, engine, args.jdl, args.new, args.rerun_failed)
     print(f"{'Resuming' if resumed else 'Submitted'} campaign {cid} (CAMPAIGN_ID={cid})", flush=True)
     lock_fd, owner = run_lock(conf)
     daemons: Daemons | None = None
@@ -335,7 +457,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         threading.Thread(target=_start_executor, args=(conf,), daemon=True).start()  # background)
         daemons = Daemons(conf, daemon_conf(conf, args.cores), api=not args.no_api)
         daemons.start()
-        print(f"CiGri is running (log: {daemons.log_path}); Ctrl-C stops it, running tasks go on.", flush=True)
+        stop_how = "kills them" if args.kill_tasks else "lets them end (--kill-tasks kills them)"
+        print(f"CiGri is running (log: {daemons.log_path}). Ctrl-C: no new task starts; it {stop_how}.",
+              flush=True)
         hint = client_hint(conf) if not args.quiet and not args.no_api else None
         if hint:
             print(hint, flush=True)
@@ -350,9 +474,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     display = Display(quiet=args.quiet)
     p: dict[str, Any] | None = None
     code = EXIT_OK
-    blocked_since: float | None = None
     cancelled_since: float | None = None
-    blocked_shown = False
     block_wait = max(10.0, 6 * float(conf.get("ALMIGHTY_CYCLE")))
     refresh_at = 0.0
     try:
@@ -373,9 +495,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             display.show(cid, p)
             if p["state"] == "terminated":
                 display.end(cid, p)
-                if p["open_events"]:
-                    print(f"Campaign {cid} terminated with open events:")
-                    print_events(p)
+                if p["failed"] or p["open_events"]:
+                    print(f"Campaign {cid} terminated: {p['done']}/{p['total']} tasks done, {p['failed']} failed:")
+                    with engine.connect() as conn:
+                        print_failed(conn, cid)
                     code = EXIT_EVENTS
                 else:
                     print(f"Campaign {cid} terminated: {p['done']}/{p['total']} tasks done.")
@@ -390,26 +513,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"Campaign {cid} was cancelled.")
                 code = EXIT_EVENTS
                 break
-            if p["active"] == 0 and p["open_events"] and p["state"] == "in_treatment":
-                blocked_since = blocked_since or time.monotonic()
-                if time.monotonic() - blocked_since > block_wait and not blocked_shown:
-                    display.end(cid, p)
-                    print(f"Campaign {cid} is stopped by open events:")
-                    print_events(p)
-                    fix = f"`gridevents -c {cid} -f -r` (closes them and resubmits the failed tasks)"
-                    if display.tty and daemons is not None and not args.no_api:
-                        # gridevents needs the API, which lives as long as this command: wait here.
-                        print(f"Fix them with {fix} in another shell: CiGri goes on. Ctrl-C stops it.",
-                              flush=True)
-                        blocked_shown = True
-                    else:
-                        print(f"Fix them: run `cigri local run {args.jdl}` again and, while it runs, {fix} "
-                              "in another shell.")
-                        code = EXIT_BLOCKED
-                        break
-            else:
-                blocked_since = None
-                blocked_shown = False
+            if p["state"] == "in_treatment" and p["active"] == 0 and p["blacklisted"] and p["failed"]:
+                # Colombo stopped sending the campaign's tasks: its failures blacklisted the
+                # local cluster for it, as on a grid. Say why and what to type, once.
+                display.end(cid, p)
+                print(f"Campaign {cid} stopped: {p['failed']} tasks failed, so CiGri stopped starting its tasks "
+                      f"({p['done']} done, {p['waiting']} not run). Failed tasks:")
+                with engine.connect() as conn:
+                    print_failed(conn, cid, limit=10)
+                print(f"Re-run the failed tasks (and the rest): cigri local run {args.jdl} --rerun-failed\n"
+                      f"All the failures: cigri local summary {cid}")
+                code = EXIT_BLOCKED
+                break
             if daemons is not None and daemons.dead():
                 display.end(cid, p)
                 print(f"CiGri's {', '.join(daemons.dead())} stopped unexpectedly: see {daemons.log_path}",
@@ -424,19 +539,39 @@ def cmd_run(args: argparse.Namespace) -> int:
                 break
             waiter.wait(0.25)
     except KeyboardInterrupt:
+        if daemons is not None:
+            # No task starts from now on: the executor stops at once (its running tasks go on
+            # under their shepherds; the next run adopts them), then the daemons.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            daemons.signal()
+            _store(conf).stop_executor()
+            if args.kill_tasks:
+                kill_running_tasks(conf)
         display.end(cid, p)
-        print("Interrupted: stopping CiGri. Running tasks go on; "
-              f"`cigri local run {args.jdl}` resumes the campaign.", flush=True)
+        print(f"Interrupted: no new task starts; {'running tasks killed' if args.kill_tasks else 'running tasks go on'}"
+              f". `cigri local run {args.jdl}` resumes the campaign.", flush=True)
         code = EXIT_INTERRUPTED
     finally:
         waiter.close()
         if daemons is not None:
             with contextlib.suppress(KeyboardInterrupt):
                 daemons.stop()
+                if code == EXIT_INTERRUPTED:  # (the runner may have restarted it meanwhile)
+                    _store(conf).stop_executor()
         os.close(lock_fd)
         if daemons is not None and code != EXIT_INTERRUPTED:
             _stop_idle_executor(conf)
     return code
+
+
+def kill_running_tasks(conf: Conf) -> int:
+    n = 0
+    for rec in _store(conf).running_records():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if rec.get("shepherd"):
+                os.killpg(int(rec["shepherd"]), signal.SIGKILL)
+                n += 1
+    return n
 
 
 def _store(conf: Conf) -> Any:
@@ -511,14 +646,47 @@ def cmd_stop(args: argparse.Namespace) -> int:
     store = _store(conf)
     store.stop_executor()  # first: no task starts after the kills (and every started one has its pid)
     if args.kill_tasks:
-        for rec in store.running_records():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if rec.get("shepherd"):
-                    os.killpg(int(rec["shepherd"]), signal.SIGKILL)
+        kill_running_tasks(conf)
         print("Killed the running tasks.")
     print("Local executor stopped." if not store.running_records() else
           "Local executor stopped; running tasks go on (a new executor adopts them).")
     return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from cigri.db import local as dblocal
+    from cigri.db.admin import is_initialised
+    from cigri.db.engine import get_engine
+
+    conf = local_conf(args.conf)
+    if not Path(str(conf.get("DATABASE_PATH"))).exists():
+        die("no campaign yet: `cigri local run JDL` runs one")
+    engine = get_engine(conf)
+    if not is_initialised(engine):
+        die("no campaign yet: `cigri local run JDL` runs one")
+    with engine.connect() as conn:
+        if args.campaign is None:
+            ids = dblocal.latest_campaign_ids(conn, 1)
+            if not ids:
+                die("no campaign yet: `cigri local run JDL` runs one")
+            cid = ids[0]
+        elif args.campaign.isdigit():
+            cid = int(args.campaign)
+        else:
+            data, digest = load_jdl(args.campaign)
+            found = find_run(conf, args.campaign, digest)
+            if found is None:
+                die(f"{args.campaign}: no campaign of this JDL (as it is now)")
+            cid = found
+        p = dblocal.progress(conn, cid)
+        if not p:
+            die(f"campaign {cid} not found")
+        print(f"Campaign {cid} {p['name']} ({p['state']}): {p['done']}/{p['total']} done, {p['running']} running, "
+              f"{p['waiting']} waiting, {p['failed']} failed")
+        if p["failed"]:
+            print("Failed tasks:")
+            print_failed(conn, cid, limit=None if args.all else 50)
+    return EXIT_EVENTS if p["failed"] else EXIT_OK
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -540,7 +708,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-api", action="store_true", help="do not start the API server")
     r.add_argument("--quiet", action="store_true", help="no progress display")
     r.add_argument("--timeout", type=float, default=0, help="give up waiting after this many seconds")
+    r.add_argument("--rerun-failed", action="store_true",
+                   help="run the failed tasks of this JDL's campaign again (and those not run)")
+    r.add_argument("--kill-tasks", action="store_true",
+                   help="on Ctrl-C, also kill the running tasks (by default they run to their end)")
     r.set_defaults(func=cmd_run)
+    sm = lsub.add_parser("summary", help="a campaign's result: counts, and its failed tasks with their "
+                         "exit code and stderr tail")
+    sm.add_argument("campaign", nargs="?", help="campaign id or JDL file (default: the latest campaign)")
+    sm.add_argument("--all", action="store_true", help="list every failed task (default: the first 50)")
+    sm.set_defaults(func=cmd_summary)
     s = lsub.add_parser("status", help="daemons, executor and recent campaigns")
     s.add_argument("--last", type=int, default=10, help="campaigns to list")
     s.set_defaults(func=cmd_status)
@@ -549,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_stop)
     e = lsub.add_parser("env", help="print the CIGRICONFFILE export that points grid* commands here")
     e.set_defaults(func=cmd_env)
-    for p in (r, s, st, e):
+    for p in (r, s, st, e, sm):
         p.add_argument("--conf", help="configuration file (default: CIGRICONFFILE, else the embedded one)")
     return ap
 

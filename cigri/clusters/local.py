@@ -8,9 +8,11 @@ running CiGri's daemons): the grid `user` is only recorded as the job owner."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,7 @@ class LocalAdapter(ClusterAdapter):
 
             self.conf = get_conf()
         self.store = Store(state_dir_for(getattr(cluster, "api_url", None), self.conf))
+        self.run_as = getpass.getuser()
         self.cores = local_cores(self.conf)
         self._ready = False
         #: waiting jobs as last reported (a poll rebuilds only the jobs that changed)
@@ -138,14 +141,27 @@ class LocalAdapter(ClusterAdapter):
         except ValueError:
             raise ClusterAPIError(f"Bad walltime {request.walltime!r}", code="SUBMIT_JOB",
                                   event_open=False) from None
+        owner = self.mapping.get(user, user) if user else self.run_as
+        if owner != self.run_as:
+            # A task runs as the executor's user: someone else's task would run with that
+            # user's rights. A machine shared by several users needs a batch scheduler.
+            raise ClusterAPIForbidden(f"The local cluster {self.cluster.name} runs tasks as {self.run_as} only: "
+                                      f"it refuses the tasks of {owner}")
         count = len(params) or 1
         first = self.store.alloc_ids(count)
         types = [t for t in request.types if t]
+        directory = expand_dir(request.directory)
+        outdir = None
+        if params and request.name and request.stdout is None and request.stderr is None:
+            # One directory per campaign, one file per task named by the task.
+            outdir = f"{request.name}.out"
+            with contextlib.suppress(OSError):  # (no directory: the task fails to start, and says so)
+                os.makedirs(os.path.join(directory, outdir), exist_ok=True)
         spec = {
             "first": first, "count": count, "command": request.command,
-            "params": params if params else None, "name": request.name,
-            "directory": expand_dir(request.directory), "stdout": request.stdout, "stderr": request.stderr,
-            "owner": user or getpass.getuser(), "types": types, "besteffort": "besteffort" in types,
+            "params": params if params else None, "name": request.name, "outdir": outdir,
+            "directory": directory, "stdout": request.stdout, "stderr": request.stderr,
+            "owner": owner, "types": types, "besteffort": "besteffort" in types,
             "ncores": ncores, "walltime": walltime, "submission_time": now(),
             "resources": request.resources, "property": request.property, "project": request.project,
         }
@@ -203,20 +219,38 @@ class LocalAdapter(ClusterAdapter):
         self.store.ensure_executor(self.cores)
 
     def get_file(self, path: str, user: str, tail: int = 0) -> str:
-        p = os.path.expandvars(os.path.expanduser(path))
+        """A task's output, opened as its owner would: a regular file of the owner's, reached
+        without any symbolic link (a task cannot point its output at someone else's file)."""
+        p = os.path.abspath(os.path.expandvars(os.path.expanduser(path)))
+        if os.path.islink(os.path.dirname(p)):
+            raise ClusterAPIForbidden(f"{path} is reached through a symbolic link: not served")
         try:
-            with open(p, "rb") as f:
-                if tail and tail > 0:
-                    data = _tail_bytes(f, tail)
-                else:
-                    data = f.read()
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError:
             raise ClusterAPINotFound(f"File {path} not found") from None
-        except IsADirectoryError:
-            raise ClusterAPINotFound(f"{path} is a directory") from None
         except PermissionError:
             raise ClusterAPIForbidden(f"Permission denied reading {path}") from None
+        except OSError as e:  # ELOOP: the file itself is a link
+            raise ClusterAPIForbidden(f"{path}: {e.strerror}: not served") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise ClusterAPINotFound(f"{path} is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise ClusterAPIForbidden(f"{path} is not a regular file: not served")
+            if st.st_uid != self._uid(user):
+                raise ClusterAPIForbidden(f"{path} does not belong to {user}: not served")
+            data = _tail_bytes(f, tail) if tail and tail > 0 else f.read()
         return data.decode("utf-8", errors="replace")
+
+    def _uid(self, user: str) -> int:
+        """The local account of a grid user (tasks only ever run as the executor's user)."""
+        import pwd
+
+        try:
+            return pwd.getpwnam(self.mapping.get(user, user) if user else self.run_as).pw_uid
+        except KeyError:
+            return -1
 
     def delete_file(self, path: str, user: str) -> None:
         p = os.path.expandvars(os.path.expanduser(path))

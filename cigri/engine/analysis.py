@@ -73,7 +73,7 @@ def exit_error(tag: str | None, remote: RemoteJob, ex: ExitStatus,
     """EXIT_ERROR (PROLOG_/EPILOG_ for those jobs), with the tail of the job's stderr. The
     status shown is the wait status, as CiGri3 showed it."""
     code = {"prologue": "PROLOG_EXIT_ERROR", "epilogue": "EPILOG_EXIT_ERROR"}.get(tag or "", "EXIT_ERROR")
-    msg = f"The job exited with exit status {ex.wait_status};"
+    msg = f"The job exited with exit status {ex.wait_status} ({ex});"
     tail = ""
     if stderr_tail is not None:
         try:

@@ -51,6 +51,7 @@ class Run:
     start: float = 0.0
     deadline: float | None = None
     kill_at: float | None = None
+    outputs: tuple[str, ...] = ()  # its stdout and stderr files (removed at the end if empty)
 
 
 def log(msg: str) -> None:
@@ -252,6 +253,10 @@ class Executor:
             rec = lost_record(job_id)
         self.ended(job_id, rec)
         self._release(run)
+        for path in run.outputs:  # no empty output file is left behind
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_size == 0:
+                    os.unlink(path)
 
     def _release(self, run: Run) -> None:
         if not run.pid:
@@ -427,8 +432,10 @@ class Executor:
         self.free.difference_update(cores)
         self.started.append(t)
         wt = rec.get("walltime")
+        d = rec["launching_directory"]
         self.running[job_id] = Run(pid=pid, child=True, besteffort=rec["besteffort"], slot=slot, cores=cores,
-                                   start=t, deadline=t + wt if wt else None)
+                                   start=t, deadline=t + wt if wt else None,
+                                   outputs=(os.path.join(d, rec["stdout_file"]), os.path.join(d, rec["stderr_file"])))
         self.by_pid[pid] = job_id
 
     def recheck_held(self) -> None:

@@ -90,6 +90,18 @@ def output_name(template: str | None, which: str, name: str | None, job_id: int)
     return template.replace("%jobid%", str(job_id)).replace("%jobname%", name or "")
 
 
+_UNSAFE = re.compile(r"[^\w.+=@,-]")
+
+
+def task_file_name(param: str | None, job_id: int) -> str:
+    """A task's output file name: its name (the first word of its parameter line), made safe."""
+    word = param.split(None, 1)[0] if param and param.strip() else ""
+    name = _UNSAFE.sub("_", word)[:120]
+    if not name or name.startswith("."):
+        name = f"_{name}" if name else str(job_id)
+    return name
+
+
 def expand_dir(directory: str | None) -> str:
     d = directory or "$HOME"
     d = os.path.expandvars(os.path.expanduser(d))
@@ -233,7 +245,10 @@ class Store:
 
     def setup(self) -> None:
         for d in (self.root, self.arrays, self.arrays_done, self.slots, self.ctl):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Every task's command and parameters are in here: the executor's user's eyes only.
+        if self.root.stat().st_mode & 0o077:
+            self.root.chmod(0o700)
         if not self.fifo.exists():
             os.close(fifo.listen(self.fifo))
 
@@ -527,9 +542,14 @@ def task_record(spec: Record, job_id: int) -> Record:
             "state": "Waiting", "exit_code": None, "start_time": None, "stop_time": None,
         }
     rec = dict(base)
+    outdir = spec.get("outdir")
+    if outdir:  # local mode's default: <outdir>/<task name>.stdout|stderr
+        stem = f"{outdir}/{task_file_name(params[i] if params else None, job_id)}"
+        out, err = f"{stem}.stdout", f"{stem}.stderr"
+    else:
+        out = output_name(spec.get("stdout"), "stdout", base["name"], job_id)
+        err = output_name(spec.get("stderr"), "stderr", base["name"], job_id)
     rec.update(id=job_id, array_index=i + 1,
                command=spec["command"] if params is None else f"{spec['command']} {params[i]}",
-               stdout_file=output_name(spec.get("stdout"), "stdout", base["name"], job_id),
-               stderr_file=output_name(spec.get("stderr"), "stderr", base["name"], job_id),
-               types=list(spec.get("types", [])), events=[], cores=[])
+               stdout_file=out, stderr_file=err, types=list(spec.get("types", [])), events=[], cores=[])
     return rec

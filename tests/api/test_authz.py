@@ -3,6 +3,7 @@ files, subscriptions and tokens; admins on all; identities cannot be spoofed."""
 
 from __future__ import annotations
 
+import getpass
 import time
 from typing import Any
 
@@ -156,7 +157,11 @@ def test_job_outputs_on_a_local_cluster(alice: TestClient, bob: TestClient, camp
     url = f"local://{tmp_path}/state"
     cl = add_cluster(pg_engine, "loc", batch="local", api_url=url)
     info = ClusterInfo(id=cl, name="loc", api_url=url, batch="local")
-    adapter = get_adapter(info, None, {})
+    # A local cluster runs tasks as the engine's user only: alice is that account here.
+    me = getpass.getuser()
+    with pg_engine.begin() as c:
+        c.execute(schema.users_mapping.insert().values(cluster_id=cl, grid_login="alice", cluster_login=me))
+    adapter = get_adapter(info, None, {"alice": me})
     rid = adapter.submit(JobRequest(command="echo hello-from-job", directory=str(tmp_path),
                                     stdout="out.%jobid%", stderr="err.%jobid%"), "alice")[0]
     deadline = time.monotonic() + 120

@@ -4,6 +4,7 @@ tasks are stopped at the end of the test."""
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from cigri.clusters.local import LocalAdapter
 from cigri.config import Conf
 
 DEADLINE = 120.0  # generous: the test machine has 2 shared cores
+ME = getpass.getuser()  # a local cluster runs the tasks of its own user only
 
 
 def wait_for(cond: Callable[[], object], timeout: float = DEADLINE, what: str = "condition") -> object:
@@ -118,6 +120,11 @@ class LocalMode:
         p.out_path = out.name  # type: ignore[attr-defined]
         self.procs.append(p)
         return p
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Another `cigri local` command (summary, status...), as the user types it."""
+        return subprocess.run([sys.executable, "-m", "cigri.cli.local", "local", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
 
     def output(self, p: subprocess.Popen[str]) -> str:
         return Path(p.out_path).read_text()  # type: ignore[attr-defined]

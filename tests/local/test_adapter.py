@@ -12,42 +12,42 @@ from pathlib import Path
 import pytest
 
 from cigri.clusters.base import ClusterAPINotFound, ExitStatus, JobRequest, Outcome
-from tests.local.conftest import wait_ended, wait_for, wait_state
+from tests.local.conftest import ME, wait_ended, wait_for, wait_state
 
 SCRIPT = "sh -c 'echo out$0; i=0; while [ $i -lt 8 ]; do echo err$0-$i >&2; i=$((i+1)); done; exit $0'"
 
 
 def test_exit_codes_outputs_and_stderr_tail(make_adapter, workdir: Path):
     a = make_adapter()
-    ids = a.submit(JobRequest(command=SCRIPT, params=["0", "3"], name="cigri.7", directory=str(workdir)), "alice")
+    ids = a.submit(JobRequest(command=SCRIPT, params=["0", "3"], name="cigri.7", directory=str(workdir)), ME)
     assert len(ids) == 2 and ids[1] == ids[0] + 1
     jobs = wait_ended(a, ids)
     ok, bad = jobs[ids[0]], jobs[ids[1]]
     assert (ok.outcome, ok.exit) == (Outcome.DONE, ExitStatus(code=0))
     assert (bad.outcome, bad.exit) == (Outcome.DONE, ExitStatus(code=3))
     assert bad.exit.wait_status == 768  # what CiGri stores, as CiGri3 did
-    assert bad.stdout_file == f"OAR.cigri.7.{ids[1]}.stdout" and bad.launching_directory == str(workdir)
+    assert bad.stdout_file == "cigri.7.out/3.stdout" and bad.launching_directory == str(workdir)
     assert (workdir / bad.stdout_file).read_text() == "out3\n"
-    assert bad.owner == "alice" and bad.command.endswith(" 3") and bad.start_time and bad.stop_time
-    tail = a.get_file(bad.output_path("stderr"), "alice", tail=5)
+    assert bad.owner == ME and bad.command.endswith(" 3") and bad.start_time and bad.stop_time
+    tail = a.get_file(bad.output_path("stderr"), ME, tail=5)
     assert tail.splitlines() == [f"err3-{i}" for i in range(3, 8)]
-    assert len(a.get_file(bad.output_path("stderr"), "alice").splitlines()) == 8
+    assert len(a.get_file(bad.output_path("stderr"), ME).splitlines()) == 8
     with pytest.raises(ClusterAPINotFound):
-        a.get_file(str(workdir / "nope"), "alice")
-    a.delete_file(bad.output_path("stdout"), "alice")
+        a.get_file(str(workdir / "nope"), ME)
+    a.delete_file(bad.output_path("stdout"), ME)
     assert not (workdir / bad.stdout_file).exists()
 
 
 def test_output_templates_single_job_and_home(make_adapter, workdir: Path, monkeypatch):
     monkeypatch.setenv("HOME", str(workdir))
     a = make_adapter()
-    [jid] = a.submit(JobRequest(command="echo $OAR_JOB_ID; pwd", stdout="o.%jobid%", stderr="e.%jobid%"), "bob")
+    [jid] = a.submit(JobRequest(command="echo $OAR_JOB_ID; pwd", stdout="o.%jobid%", stderr="e.%jobid%"), ME)
     job = wait_ended(a, [jid])[jid]
     assert job.outcome is Outcome.DONE and job.launching_directory == str(workdir)
     assert (workdir / f"o.{jid}").read_text() == f"{jid}\n{workdir}\n"
     sub = workdir / "sub"
     sub.mkdir()
-    [j2] = a.submit(JobRequest(command="true", directory="$HOME/sub"), "bob")
+    [j2] = a.submit(JobRequest(command="echo x", directory="$HOME/sub"), ME)
     assert wait_ended(a, [j2])[j2].launching_directory == str(sub)
     assert (sub / f"OAR.{j2}.stdout").exists()
 
@@ -56,14 +56,14 @@ def test_unknown_job_and_bad_directory(make_adapter, workdir: Path):
     a = make_adapter()
     with pytest.raises(ClusterAPINotFound):
         a.get_job(424242)
-    [jid] = a.submit(JobRequest(command="true", directory=str(workdir / "missing")), "alice")
+    [jid] = a.submit(JobRequest(command="true", directory=str(workdir / "missing")), ME)
     job = wait_ended(a, [jid])[jid]
     assert job.outcome is Outcome.FAILED_TO_START and job.reason == "WORKING_DIRECTORY"
 
 
 def test_walltime_kills(make_adapter, workdir: Path):
     a = make_adapter()
-    [jid] = a.submit(JobRequest(command="sleep 300", walltime="00:00:01", directory=str(workdir)), "alice")
+    [jid] = a.submit(JobRequest(command="sleep 300", walltime="00:00:01", directory=str(workdir)), ME)
     job = wait_ended(a, [jid])[jid]
     assert job.outcome is Outcome.WALLTIME
 
@@ -72,9 +72,9 @@ def test_command_list_exit_and_default_signals(make_adapter, workdir: Path):
     """A task that runs `exit` still reports its code; SIGPIPE and SIGHUP are not inherited
     as ignored from the executor (`yes | head` ends)."""
     a = make_adapter()
-    ids = a.submit(JobRequest(command="echo a; exit", params=["5", "0"], directory=str(workdir)), "alice")
+    ids = a.submit(JobRequest(command="echo a; exit", params=["5", "0"], directory=str(workdir)), ME)
     pipe = a.submit(JobRequest(command="yes | head -n 2; grep -E '^Sig(Ign|Blk)' /proc/self/status",
-                               directory=str(workdir)), "alice")
+                               directory=str(workdir)), ME)
     jobs = wait_ended(a, ids + pipe)
     assert [(jobs[i].outcome, jobs[i].exit) for i in ids] == [(Outcome.DONE, ExitStatus(code=5)),
                                                                (Outcome.DONE, ExitStatus(code=0))]
@@ -91,10 +91,10 @@ def test_killed_task_gets_grace_to_clean_up(make_adapter, workdir: Path):
     runs) but may clean up during the grace delay, as on OAR."""
     a = make_adapter()
     [jid] = a.submit(JobRequest(command="trap 'sleep 0.5; touch cleaned; exit 1' TERM; touch trapped; "
-                                        "sleep 300 & wait; touch next", directory=str(workdir)), "alice")
+                                        "sleep 300 & wait; touch next", directory=str(workdir)), ME)
     wait_state(a, jid, Outcome.RUNNING)
     wait_for(lambda: (workdir / "trapped").exists(), what="the task's trap set")  # else TERM just ends it
-    a.delete_job(jid, "alice")
+    a.delete_job(jid, ME)
     job = wait_ended(a, [jid])[jid]
     assert job.outcome is Outcome.KILLED
     wait_for(lambda: (workdir / "cleaned").exists(), what="cleanup during the grace delay")
@@ -104,32 +104,32 @@ def test_killed_task_gets_grace_to_clean_up(make_adapter, workdir: Path):
 def test_walltime_in_resources(make_adapter, workdir: Path):
     a = make_adapter()
     [jid] = a.submit(JobRequest(command="sleep 300", resources="/core=1,walltime=0:0:1", directory=str(workdir)),
-                     "alice")
+                     ME)
     assert wait_ended(a, [jid])[jid].outcome is Outcome.WALLTIME
 
 
 def test_delete_running_and_waiting(make_adapter, workdir: Path):
     a = make_adapter(cores=1)
-    ids = a.submit(JobRequest(command="sleep 300; touch", params=["x", "y"], directory=str(workdir)), "alice")
+    ids = a.submit(JobRequest(command="sleep 300; touch", params=["x", "y"], directory=str(workdir)), ME)
     running = wait_state(a, ids[0], Outcome.RUNNING)
     assert a.get_job(ids[1]).outcome is Outcome.WAITING
     assert [r.id for r in a.get_running_jobs()] == [ids[0]]
     assert a.get_running_jobs()[0].resources == [{"id": 1}]
     for i in ids:
-        a.delete_job(i, "alice")
+        a.delete_job(i, ME)
     jobs = wait_ended(a, ids)
     assert all(j.outcome is Outcome.KILLED for j in jobs.values())
     assert jobs[ids[1]].start_time is None  # never started
     wait_for(lambda: not _alive(running.raw["shepherd"]), what="task killed")
     assert not (workdir / "x").exists() and not (workdir / "y").exists()
-    a.delete_job(ids[0], "alice")  # already finished: not an error
+    a.delete_job(ids[0], ME)  # already finished: not an error
 
 
 def test_best_effort_preempted_by_normal(make_adapter, workdir: Path):
     a = make_adapter(cores=1)
-    [be] = a.submit(JobRequest(command="sleep 300", types=["besteffort"], directory=str(workdir)), "alice")
+    [be] = a.submit(JobRequest(command="sleep 300", types=["besteffort"], directory=str(workdir)), ME)
     wait_state(a, be, Outcome.RUNNING)
-    [normal] = a.submit(JobRequest(command="echo done", directory=str(workdir)), "bob")
+    [normal] = a.submit(JobRequest(command="echo done", directory=str(workdir)), ME)
     jobs = wait_ended(a, [be, normal])
     assert jobs[be].outcome is Outcome.PREEMPTED
     assert jobs[be].queue == "besteffort"
@@ -139,12 +139,12 @@ def test_best_effort_preempted_by_normal(make_adapter, workdir: Path):
 def test_best_effort_waits_for_normal(make_adapter, workdir: Path):
     """Best-effort tasks never start before waiting normal ones, and never preempt them."""
     a = make_adapter(cores=1)
-    [n1] = a.submit(JobRequest(command="sleep 300", directory=str(workdir)), "alice")
+    [n1] = a.submit(JobRequest(command="sleep 300", directory=str(workdir)), ME)
     wait_state(a, n1, Outcome.RUNNING)
-    [be] = a.submit(JobRequest(command="true", types=["besteffort"], directory=str(workdir)), "alice")
-    [n2] = a.submit(JobRequest(command="true", directory=str(workdir)), "alice")
+    [be] = a.submit(JobRequest(command="true", types=["besteffort"], directory=str(workdir)), ME)
+    [n2] = a.submit(JobRequest(command="true", directory=str(workdir)), ME)
     assert a.get_job(n1).outcome is Outcome.RUNNING and a.get_job(be).outcome is Outcome.WAITING
-    a.delete_job(n1, "alice")
+    a.delete_job(n1, ME)
     jobs = wait_ended(a, [n1, be, n2])
     assert jobs[be].outcome is jobs[n2].outcome is Outcome.DONE
     assert jobs[be].start_time >= jobs[n2].start_time
@@ -159,7 +159,7 @@ def test_resources_and_stress(make_adapter):
 
 def test_thousand_tasks_one_call(make_adapter, workdir: Path):
     a = make_adapter()
-    ids = a.submit(JobRequest(command="true", params=[f"p{i}" for i in range(1000)], directory=str(workdir)), "u")
+    ids = a.submit(JobRequest(command="true", params=[f"p{i}" for i in range(1000)], directory=str(workdir)), ME)
     assert ids == list(range(ids[0], ids[0] + 1000))
     assert len(os.listdir(a.store.arrays) + os.listdir(a.store.arrays_done)) >= 2  # array file, not 1000 files
     jobs = wait_ended(a, ids, timeout=300)
@@ -196,7 +196,7 @@ def test_tasks_survive_killed_submitter_and_executor(make_adapter, workdir: Path
         a = LocalAdapter(ClusterInfo(id=1, name="local", api_url="local://{state}", batch="local"),
                          conf=Conf(values={{"LOCAL_CORES": "2"}}))
         ids = a.submit(JobRequest(command="sleep 2; echo", params=["a", "b", "c", "d"],
-                                  directory="{workdir}"), "alice")
+                                  directory="{workdir}"), "{ME}")
         print(" ".join(map(str, ids)), flush=True)
         time.sleep(600)
     """)
@@ -217,7 +217,7 @@ def test_tasks_survive_killed_submitter_and_executor(make_adapter, workdir: Path
 
 def test_dead_shepherd_is_reported(make_adapter, workdir: Path):
     a = make_adapter()
-    [jid] = a.submit(JobRequest(command="sleep 300", directory=str(workdir)), "alice")
+    [jid] = a.submit(JobRequest(command="sleep 300", directory=str(workdir)), ME)
     # (the shepherd's pid follows the Running record by an instant)
     job = wait_for(lambda: (j := a.get_job(jid)).outcome is Outcome.RUNNING and j.raw.get("shepherd") and j,
                    what="shepherd pid")  # type: ignore[assignment]
@@ -247,7 +247,7 @@ def test_executor_wakes_the_runner_when_it_runs_low_and_when_work_is_over(make_a
             except BlockingIOError:
                 break
 
-    ids = a.submit(JobRequest(command="sleep 1; echo", params=["a", "b"], directory=str(workdir)), "alice")
+    ids = a.submit(JobRequest(command="sleep 1; echo", params=["a", "b"], directory=str(workdir)), ME)
     wait_wake()  # two tasks started on two cores, none waiting: it runs low
     assert {j.outcome for j in a.get_jobs(ids).values()} <= {Outcome.WAITING, Outcome.RUNNING}
     wait_wake()  # all over
@@ -265,7 +265,7 @@ def test_state_directory_of_the_previous_layout_is_migrated(make_adapter, workdi
     st.setup()
     first = st.alloc_ids(3)
     st.write_array({"first": first, "count": 3, "command": "echo", "params": ["a", "b", "c"], "name": None,
-                    "directory": str(workdir), "stdout": None, "stderr": None, "owner": "alice", "types": [],
+                    "directory": str(workdir), "stdout": None, "stderr": None, "owner": ME, "types": [],
                     "besteffort": False, "ncores": 1, "walltime": None, "submission_time": 1})
     (st.root / "done" / "0").mkdir(parents=True)
     (st.root / "running").mkdir()
@@ -278,3 +278,17 @@ def test_state_directory_of_the_previous_layout_is_migrated(make_adapter, workdi
                                                               ExitStatus(code=0))  # never ran: runs now
     assert not (workdir / f"OAR.{first}.stdout").exists()  # not run again
     assert not (st.root / "running").exists() and not (st.root / "done").exists()
+
+
+def test_outputs_in_one_directory_per_campaign_named_by_task_and_never_empty(make_adapter, workdir: Path):
+    a = make_adapter()
+    ids = a.submit(JobRequest(command="sh -c 'echo result $0; [ $0 = quiet ] || echo warn >&2'",
+                              params=["alpha", "quiet", "../evil"], name="cigri.7", directory=str(workdir)), ME)
+    jobs = wait_ended(a, ids)
+    out = workdir / "cigri.7.out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["alpha.stdout", "alpha.stderr", "quiet.stdout", "_.._evil.stdout", "_.._evil.stderr"])
+    assert (out / "alpha.stdout").read_text() == "result alpha\n"
+    assert not (out / "quiet.stderr").exists()  # it wrote nothing there
+    assert jobs[ids[0]].output_path("stdout") == str(out / "alpha.stdout")
+    assert not list(workdir.glob("OAR.*"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cigri.clusters.base import JobRequest
-from tests.local.conftest import wait_ended
+from tests.local.conftest import ME, wait_ended
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def test_ten_thousand_tasks_finish_despite_a_concurrent_liveness_probe(make_adap
         t.start()
     try:
         ids = a.submit(JobRequest(command="true", params=[str(i) for i in range(10_000)],
-                                  directory=str(workdir)), "alice")
+                                  directory=str(workdir)), ME)
         jobs = wait_ended(a, ids, timeout=600)
     finally:
         stop.set()
