@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prepare", metavar="USER", help="as root, before the server starts as USER (the unit's "
                    "ExecStartPre): create the JWT secret API_JWT_SECRET_FILE if missing, owned by USER, mode 0600; "
                    "then exit")
+    p.add_argument("--idle-exit", type=float, default=0, metavar="SECONDS",
+                   help="exit after this many seconds without a request (local mode starts it on demand)")
     args = p.parse_args(argv)
     try:
         conf = Conf(args.conf) if args.conf else get_conf()
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from cigri.api.server import serve
 
     try:
-        serve(conf, args.socket, args.host, args.port, log_level=level, workers=args.workers)
+        serve(conf, args.socket, args.host, args.port, log_level=level, workers=args.workers,
+              idle_exit=args.idle_exit)
     except OSError as e:
         print(f"cigri-api: cannot listen: {e}", file=sys.stderr)
         return 1

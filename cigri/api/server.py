@@ -163,7 +163,7 @@ def systemd_sockets() -> list[socket.socket]:
 
 
 def serve(conf: Conf, socket_path: str | None = None, host: str | None = None, port: int | None = None,
-          log_level: str = "warning", workers: int = 1) -> None:
+          log_level: str = "warning", workers: int = 1, idle_exit: float = 0) -> None:
     secret_file = conf.get("API_JWT_SECRET_FILE")
     if secret_file and load_secret(secret_file, create=True) is None:
         log.warning("JWT secret %s unavailable: bearer tokens disabled", secret_file)
@@ -187,7 +187,10 @@ def serve(conf: Conf, socket_path: str | None = None, host: str | None = None, p
     os.close(gen_fd)
     state.GENERATION_FILE = gen_path  # inherited by the workers forked below
     try:
-        _serve_workers(conf, sockets, log_level, workers)
+        if idle_exit > 0:  # started on demand (local mode): one worker, gone when unused
+            _run(conf, sockets, log_level, idle_exit)
+        else:
+            _serve_workers(conf, sockets, log_level, workers)
     finally:
         try:
             os.unlink(gen_path)
@@ -259,7 +262,20 @@ def _exit_text(status: int) -> str:
     return f"exit {os.waitstatus_to_exitcode(status)}"
 
 
-def _run(conf: Conf, sockets: list[socket.socket], log_level: str) -> None:
+def _exit_when_idle(server: uvicorn.Server, idle: float) -> None:
+    """Stop the server once no request came and no connection was open for `idle` seconds."""
+    seen, since = -1, time.monotonic()
+    while not server.should_exit:
+        time.sleep(min(5.0, idle / 4))
+        state = server.server_state
+        if state.total_requests != seen or state.connections:
+            seen, since = state.total_requests, time.monotonic()
+        elif time.monotonic() - since > idle:
+            log.info("cigri-api: idle for %.0f s, exiting", idle)
+            server.should_exit = True
+
+
+def _run(conf: Conf, sockets: list[socket.socket], log_level: str, idle_exit: float = 0) -> None:
     from cigri.api.app import create_app
 
     app = create_app(conf)
@@ -270,4 +286,9 @@ def _run(conf: Conf, sockets: list[socket.socket], log_level: str) -> None:
                             server_header=False, log_level=log_level, access_log=log_level == "debug",
                             timeout_keep_alive=30, limit_concurrency=PeerCredH11Protocol.max_connections,
                             h11_max_incomplete_event_size=64 * 1024)
-    uvicorn.Server(config).run(sockets=sockets)
+    server = uvicorn.Server(config)
+    if idle_exit > 0:
+        import threading
+
+        threading.Thread(target=_exit_when_idle, args=(server, idle_exit), daemon=True).start()
+    server.run(sockets=sockets)

@@ -141,10 +141,69 @@ def _local_mode_conf() -> Conf | None:
     if os.path.exists(str(Conf().get("API_SOCKET"))):
         return None
     emb = embedded_conf()
-    if not os.path.exists(str(emb.get("API_SOCKET"))):
-        return None
     written = user_data_dir() / "cigri-local.conf"
-    return Conf(written) if written.is_file() else emb
+    if os.path.exists(str(emb.get("API_SOCKET"))):
+        return Conf(written) if written.is_file() else emb
+    # The run is over (its API is gone): the API is started on demand to read the results.
+    return Conf(written) if written.is_file() and os.path.exists(str(emb.get("DATABASE_PATH"))) else None
+
+
+def _local_api_conf(c: Conf) -> Path | None:
+    """The configuration of `cigri local run`'s daemons, when `c` points at its API socket
+    (the results stay readable after the run: the API is then started on demand)."""
+    from cigri.config import user_data_dir
+
+    written = user_data_dir() / "cigri-local.conf"
+    if c.exists("API_URL") and c.get("API_URL"):
+        return None
+    try:
+        if written.is_file() and str(Conf(written).get("API_LISTEN_SOCKET")) == str(c.get("API_SOCKET")):
+            return written
+    except ConfigError:
+        return None
+    return None
+
+
+#: seconds an API started on demand (local mode, after the run) stays without requests
+LOCAL_API_IDLE = 600.0
+
+
+def start_local_api(conf_path: Path, sock: str, wait: float = 20.0) -> bool:
+    """Start local mode's API server in the background (one at a time), and wait for it."""
+    import fcntl
+    import subprocess
+    import time
+
+    def answers() -> bool:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(sock)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    with open(conf_path.parent / "api-start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if answers():
+            return True
+        try:
+            log_path = str(Conf(conf_path).get("LOG_FILE") or os.devnull)
+        except ConfigError:
+            log_path = os.devnull
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-P", "-m", "cigri.modules.api", "--workers", "1",
+                                     "--log-level", "warning", "--idle-exit", str(LOCAL_API_IDLE)],
+                                    env=dict(os.environ, CIGRICONFFILE=str(conf_path)), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True, cwd="/")
+        (conf_path.parent / "api-on-demand.pid").write_text(str(proc.pid))  # `cigri local stop` stops it
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            if answers():
+                return True
+            time.sleep(0.05)
+    return False
 
 
 class ApiClient:
@@ -190,7 +249,13 @@ class ApiClient:
     def request(self, method: str, path: str, **kw: Any) -> ApiResponse:
         kw.setdefault("timeout", (10, self.timeout))
         try:
-            r = self.session.request(method, self.url(path), **kw)
+            try:
+                r = self.session.request(method, self.url(path), **kw)
+            except requests.ConnectionError:
+                local = _local_api_conf(self.conf) if self.base == UNIX_BASE else None
+                if local is None or not start_local_api(local, str(self.conf.get("API_SOCKET"))):
+                    raise
+                r = self.session.request(method, self.url(path), **kw)
         except requests.ConnectionError as e:
             raise CliError(f"API server not reachable at {self.where}: {_root_cause(e)}\n"
                            "(is cigri-api running? see API_SOCKET / API_URL in api-clients.conf)") from None

@@ -456,6 +456,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _stop_idle_executor(conf)  # a new one starts with this run's LOCAL_CORES, now (in the
         threading.Thread(target=_start_executor, args=(conf,), daemon=True).start()  # background)
         daemons = Daemons(conf, daemon_conf(conf, args.cores), api=not args.no_api)
+        stop_api_on_demand(conf)
         daemons.start()
         stop_how = "kills them" if args.kill_tasks else "lets them end (--kill-tasks kills them)"
         print(f"CiGri is running (log: {daemons.log_path}). Ctrl-C: no new task starts; it {stop_how}.",
@@ -564,6 +565,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def stop_api_on_demand(conf: Conf) -> None:
+    """The API the grid* commands started after a run (it would exit by itself when idle)."""
+    pid_file = data_dir(conf) / "api-on-demand.pid"
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pid_file.read_text())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"cigri.modules.api" in f.read():
+                os.kill(pid, signal.SIGTERM)
+        pid_file.unlink()
+
+
 def kill_running_tasks(conf: Conf) -> int:
     n = 0
     for rec in _store(conf).running_records():
@@ -643,6 +655,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
             print(f"Asked `cigri local run` (pid {pid}) to stop.")
         finally:
             os.close(fd)
+    stop_api_on_demand(conf)
     store = _store(conf)
     store.stop_executor()  # first: no task starts after the kills (and every started one has its pid)
     if args.kill_tasks:

@@ -126,6 +126,11 @@ class LocalMode:
         return subprocess.run([sys.executable, "-m", "cigri.cli.local", "local", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
+    def grid(self, command: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """A grid* command, with no configuration: it finds local mode by itself."""
+        return subprocess.run([str(Path(sys.executable).parent / command), *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
     def output(self, p: subprocess.Popen[str]) -> str:
         return Path(p.out_path).read_text()  # type: ignore[attr-defined]
 
@@ -167,6 +172,7 @@ class LocalMode:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(60)
         stop_local(self.data / "local")
+        self.cli("stop")  # (also the API the grid* commands started on demand)
         if self._engine is not None:
             self._engine.dispose()
 

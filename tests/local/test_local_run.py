@@ -51,6 +51,15 @@ def test_failures_are_explained_listed_and_rerun_alone(local_mode: LocalMode):
     r = local_mode.cli("summary", "1")
     assert r.returncode == 1 and "1 failed" in r.stdout and "task bad failed: exit code 3" in r.stdout, r.stdout
     assert "boom bad" in r.stdout
+    # The run is over, its API gone: the grid* commands still answer (the API starts on demand).
+    stat = local_mode.grid("gridstat", "-c", "1", "-f")
+    assert stat.returncode == 0 and "event,local,bad,bad" in stat.stdout, stat.stdout + stat.stderr
+    ev = local_mode.grid("gridevents", "-c", "1")
+    assert ev.returncode == 0 and "EXIT_ERROR" in ev.stdout, ev.stdout + ev.stderr
+    [(bad_job,)] = local_mode.query("SELECT j.id FROM jobs j JOIN parameters p ON p.id = j.param_id "
+                                    "WHERE p.name = 'bad'")
+    err = local_mode.grid("gridstat", "-j", str(bad_job), "-E")
+    assert err.returncode == 0 and "boom bad" in err.stdout, err.stdout + err.stderr
     rc, out = local_mode.run(str(jdl))  # the same JDL again: says what happened, runs nothing
     assert rc == 1 and "--rerun-failed" in out and "--new" in out, out
     flag.touch()
