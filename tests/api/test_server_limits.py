@@ -123,3 +123,16 @@ def test_a_dead_worker_is_replaced(server: Server, clusters: dict[str, int]) -> 
         r = server.run("gridstat", user="alice")
         assert r.returncode == 0, r.stderr
     assert server.proc.poll() is None
+
+
+def test_shipped_units_run_the_api_as_the_tests_do() -> None:
+    """The server above is started the way systemd/cigri-api.service starts it: same user,
+    same root-only preparation; and both units restart whatever the exit (#11 item 6)."""
+    root = Path(__file__).resolve().parents[2] / "systemd"
+    api = dict(line.split("=", 1) for line in (root / "cigri-api.service").read_text().splitlines()
+               if "=" in line and not line.startswith("#"))
+    assert api["User"] == API_USER and api["Group"] == API_USER
+    assert api["ExecStartPre"].startswith("+") and api["ExecStartPre"].endswith(f"cigri-api --prepare {API_USER}")
+    assert api["ProtectHome"] == "yes" and api["NoNewPrivileges"] == "yes"
+    for unit in ("cigri-api.service", "cigri.service"):
+        assert "Restart=always" in (root / unit).read_text().splitlines(), unit
