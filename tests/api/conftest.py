@@ -174,6 +174,11 @@ def ensure_api_user() -> pwd.struct_passwd:
 def server(pg_dbname: str) -> Iterator[Server]:
     """A real `cigri-api` process on a Unix socket and on 127.0.0.1 (TCP), started as the
     shipped unit starts it: `cigri-api --prepare cigri` as root, then the server as user cigri."""
+    yield from start_server(pg_dbname, {"API_HEADER_TIMEOUT": "2", "API_MAX_CONNECTIONS": "16"})
+
+
+def start_server(pg_dbname: str, extra: dict[str, str]) -> Iterator[Server]:
+    """Start a real server with `extra` cigri.conf values; stop it when the generator is closed."""
     for u in ("alice", "bob"):
         ensure_user(u)
     api_pw = ensure_api_user()
@@ -185,8 +190,7 @@ def server(pg_dbname: str) -> Iterator[Server]:
     values = pg_conf_values(pg_dbname) | {
         "LOG_FILE": "STDERR", "API_LISTEN_SOCKET": sock, "API_LISTEN_HOST": "127.0.0.1",
         "API_LISTEN_PORT": str(port), "API_JWT_SECRET_FILE": os.path.join(d, "jwt.secret"),
-        "API_ADMINS": "root", "API_TRUSTED_PROXIES": "10.1.2.3", "API_HEADER_TIMEOUT": "2",
-        "API_MAX_CONNECTIONS": "16"}
+        "API_ADMINS": "root", "API_TRUSTED_PROXIES": "10.1.2.3"} | extra
     conf_file = os.path.join(d, "cigri.conf")
     Path(conf_file).write_text("".join(f'{k} = "{v}"\n' for k, v in values.items()))
     os.chown(conf_file, 0, api_pw.pw_gid)
