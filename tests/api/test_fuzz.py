@@ -1,10 +1,9 @@
 """A fuzz run of the API driven by its own OpenAPI document: every operation is called
 with random path ids, query values and bodies (seeded, reproducible), as an owner, another
 user, an admin and nobody. No answer may be a 500, every error has the CiGri error shape,
-and a rejected request (4xx) changes nothing in the database.
-
-(hypothesis/schemathesis are not dependencies of the project: a seeded generator does the
-same job here.)"""
+and a rejected request (4xx) changes nothing in the database. test_schemathesis.py runs
+schemathesis over the same document; this seeded generator adds the database check and
+hostile values schemathesis does not try (SQL, paths, huge ids)."""
 
 from __future__ import annotations
 
