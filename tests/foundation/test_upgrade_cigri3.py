@@ -79,14 +79,15 @@ def make_site(version: str) -> Iterator[Site]:
                                     isolation_level="AUTOCOMMIT")
 
     def cleanup() -> None:
+        """Also after a failed test that left connections open: the test role joins both roles
+        (CREATEROLE allows it), which lets it end their sessions and drop their database."""
         for e in site.engines.values():
             e.dispose()
         with adm.connect() as c:
-            exists = c.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": site.owner}).first()
-        if exists:
-            with owner_server.connect() as c:
-                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{site.db}" WITH (FORCE)'))
-        with adm.connect() as c:
+            for role in (site.owner, site.daemon):
+                if c.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
+                    c.execute(sa.text(f'GRANT "{role}" TO CURRENT_USER'))
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{site.db}" WITH (FORCE)'))
             for role in (site.daemon, site.owner):
                 c.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
 
