@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
-"""Local mode throughput: N trivial tasks (`true`) on this machine's cores through
-(a) the local adapter/executor alone and (b) the whole engine (`cigri local run`), next
-to the physical limit measured in the same run: `xargs -P <cores>` running the same
-shell commands (GNU parallel is slower than xargs, so xargs is the limit).
+"""Local mode against the tools a scientist would use instead, on the same N trivial tasks
+(`true <i>`) and the same cores, in the same run:
 
-    .venv/bin/python bench/local.py [-n 10000] [--cores N] [--rounds 3] [--skip-engine]
+  xargs -P          the limit: one `sh -c` per task, no output kept
+  xargs -P, files   the same work as CiGri: each task's stdout and stderr to its own files
+  GNU parallel      (apt install parallel) with each task's outputs to its own files
+  HyperQueue        its Python LocalCluster (pip install hyperqueue, in its own virtual
+                    environment: --hq-python), one program per task, its default output files
+  cigri local run   wall clock of the whole command: submission, engine start-up, every task,
+                    shutdown (a fresh data directory)
 
-Everything runs in a temporary directory (its own SQLite database and executor)."""
+For each: tasks/s and the peak memory of all its processes (the sum of their RSS, and of
+their PSS, which counts shared pages once), sampled every 0.1 s.
+
+    .venv/bin/python bench/local.py [-n 10000] [--cores N] [--rounds 3] [--hq-python PATH]
+
+Everything runs in a temporary directory, deleted at the end."""
 
 from __future__ import annotations
 
@@ -19,6 +28,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -31,73 +42,157 @@ def settle() -> None:
     time.sleep(1.0)
 
 
-def limit(n: int, cores: int, work: Path, files: bool = False) -> float:
-    """xargs -P cores, one `sh -c 'true <i>'` per task, with no output file: a strict limit.
-    With `files`, each task also gets its stdout/stderr files, as on OAR (a scale, not the limit)."""
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def _matching(marker: str) -> set[int]:
+    """Processes whose command line names `marker` (detached ones: the local executor)."""
+    out = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        out.add(int(d))
+            except OSError:
+                continue
+    return out
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process, in kB."""
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+class PeakMemory:
+    """Samples the process tree of `root` (and processes naming `marker`) until stopped."""
+
+    def __init__(self, marker: str | None = None):
+        self.marker = marker
+        self.root = 0
+        self.rss = self.pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self, root: int) -> PeakMemory:
+        self.root = root
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            kids = _children()
+            pids, todo = set(), [self.root, *(_matching(self.marker) if self.marker else ())]
+            while todo:
+                p = todo.pop()
+                if p not in pids:
+                    pids.add(p)
+                    todo.extend(kids.get(p, ()))
+            mem = [_memory(p) for p in pids]
+            self.rss = max(self.rss, sum(m[0] for m in mem))
+            self.pss = max(self.pss, sum(m[1] for m in mem))
+            self._stop.wait(0.1)
+
+    def stop(self) -> tuple[float, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.rss / 1024, self.pss / 1024
+
+
+def timed(cmd: list[str], marker: str | None = None, **kw: object) -> tuple[float, float, float]:
+    """(seconds, peak RSS MB, peak PSS MB) of a command and all its processes."""
+    settle()
+    t = time.monotonic()
+    p = subprocess.Popen(cmd, **kw)  # type: ignore[call-overload]
+    mem = PeakMemory(marker).start(p.pid)
+    rc = p.wait()
+    el = time.monotonic() - t
+    rss, pss = mem.stop()
+    if rc != 0:
+        raise SystemExit(f"{cmd[:3]}... exited with {rc}")
+    return el, rss, pss
+
+
+def run_xargs(n: int, cores: int, work: Path, files: bool) -> tuple[float, float, float]:
     redirect = ""
     if files:
         out = work / "xargs-out"
         out.mkdir(exist_ok=True)
-        redirect = f" > {out}/OAR.{{}}.stdout 2> {out}/OAR.{{}}.stderr"
-    cmd = f"seq {n} | xargs -P {cores} -I{{}} sh -c 'true {{}}{redirect}'"
-    settle()
-    t = time.monotonic()
-    subprocess.run(cmd, shell=True, check=True)
-    return time.monotonic() - t
+        redirect = f" > {out}/{{}}.stdout 2> {out}/{{}}.stderr"
+    return timed(["sh", "-c", f"seq {n} | xargs -P {cores} -I{{}} sh -c 'true {{}}{redirect}'"])
 
 
-def adapter_only(n: int, cores: int, work: Path) -> float:
-    from cigri.clusters.base import ClusterInfo, JobRequest, Outcome
-    from cigri.clusters.local import LocalAdapter
-    from cigri.config import Conf
-
-    state = work / "state"
-    a = LocalAdapter(ClusterInfo(id=1, name="local", api_url=f"local://{state}", batch="local"),
-                     conf=Conf(values={"LOCAL_CORES": str(cores)}))
-    out = work / "adapter-out"
+def run_parallel(n: int, cores: int, work: Path) -> tuple[float, float, float] | None:
+    if shutil.which("parallel") is None:
+        return None
+    out = work / "parallel-out"
     out.mkdir()
-    settle()
-    t = time.monotonic()
-    ids = a.submit(JobRequest(command="true", params=[str(i) for i in range(n)], directory=str(out)), "bench")
-    pending = list(ids)
-    while pending:  # poll like a runner: in chunks, the oldest first
-        got = a.get_jobs(pending[:1000])
-        pending = [i for i in pending if i not in got or got[i].outcome.live]
-        if pending:
-            time.sleep(0.2)
-    el = time.monotonic() - t
-    bad = [j for j in a.get_jobs(ids).values()
-           if not (j.outcome is Outcome.DONE and j.exit is not None and j.exit.ok)]
-    assert not bad, f"{len(bad)} tasks failed"
-    a.store.stop_executor()
-    return el
+    return timed(["sh", "-c", f"seq {n} | parallel -j {cores} 'true {{}} > {out}/{{}}.stdout 2> {out}/{{}}.stderr'"])
 
 
-def whole_engine(n: int, cores: int, work: Path) -> tuple[float, float]:
-    """(wall time of `cigri local run` including start-up, first submission to campaign end)."""
+HQ_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from hyperqueue import Job
+    from hyperqueue.cluster import LocalCluster, WorkerConfig
+    n, cores, work = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    with LocalCluster(server_dir=str(work / "hq-server")) as cluster:
+        cluster.start_worker(WorkerConfig(cores=cores))
+        client = cluster.client()
+        job = Job(str(work / "hq-out"))
+        for i in range(n):
+            job.program(["true", str(i)])  # its default outputs: one stdout and stderr file per task
+        client.wait_for_jobs([client.submit(job)])
+""")
+
+
+def run_hyperqueue(n: int, cores: int, work: Path, python: str | None) -> tuple[float, float, float] | None:
+    if not python:
+        return None
+    (work / "hq-out").mkdir()
+    return timed([python, "-c", HQ_SCRIPT, str(n), str(cores), str(work)], stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+
+
+def run_cigri(n: int, cores: int, work: Path) -> tuple[float, float, float]:
     env = dict(os.environ, XDG_DATA_HOME=str(work / "xdg"))
     env.pop("CIGRICONFFILE", None)
-    out = work / "engine-out"
+    out = work / "cigri-out"
     out.mkdir()
     jdl = work / "bench.jdl"
     jdl.write_text(json.dumps({"name": "bench", "nb_jobs": n, "exec_file": "true", "exec_directory": str(out),
                                "walltime": "00:10:00", "clusters": {"local": {}}}))
-    cigri = [sys.executable, "-c", "import sys; from cigri.cli.local import main; sys.exit(main())"]
-    settle()
-    t = time.monotonic()
-    subprocess.run([*cigri, "local", "run", str(jdl), "--quiet", "--cores", str(cores)], env=env, check=True)
-    wall = time.monotonic() - t
+    cigri = shutil.which("cigri", path=str(Path(sys.executable).parent)) or "cigri"
+    # (the executor is detached from `cigri local run`: found by its state directory)
+    res = timed([cigri, "local", "run", str(jdl), "--quiet", "--cores", str(cores)], marker=str(work / "xdg"),
+                env=env, stdout=subprocess.DEVNULL)
     db = sqlite3.connect(work / "xdg" / "cigri" / "cigri.sqlite")
-    sub, stop, done = db.execute(
-        "SELECT min(submission_time), max(stop_time), count(*) FROM jobs WHERE state='terminated' AND param_id>0"
-    ).fetchone()
+    (done,) = db.execute("SELECT count(DISTINCT param_id) FROM jobs WHERE state='terminated' AND param_id>0"
+                         ).fetchone()
+    db.close()
     assert done == n, f"only {done}/{n} tasks terminated"
-    from datetime import datetime
-
-    def ts(v: str) -> float:
-        return datetime.fromisoformat(v.replace(" +", "+").replace(" -", "-")).timestamp()
-
-    return wall, max(1.0, ts(stop) - ts(sub))
+    subprocess.run([cigri, "local", "stop"], env=env, stdout=subprocess.DEVNULL, check=False)
+    return res
 
 
 def main() -> int:
@@ -105,57 +200,49 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=10000)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rounds", type=int, default=3, help="rounds (the median is reported: this machine is noisy)")
-    ap.add_argument("--skip-engine", action="store_true")
+    ap.add_argument("--hq-python", help="a Python with hyperqueue installed (else HyperQueue is left out)")
+    ap.add_argument("--only-cigri", action="store_true", help="measure cigri local run (and xargs) only")
     args = ap.parse_args()
     n, cores = args.n, args.cores
-    print(f"{n} tasks `true` on {cores} cores, {args.rounds} rounds (load average {os.getloadavg()[0]:.1f})",
-          flush=True)
-    rows: list[dict[str, float]] = []
-    works: list[Path] = []
-    try:
-        for r in range(args.rounds):
-            # Fresh directories, all deleted at the end: deleting tens of thousands of files
-            # slows the file creations that follow for a while on this machine's ext4.
-            work = Path(tempfile.mkdtemp(prefix="cigri-bench-local-"))
-            works.append(work)
-            # Each figure is compared with the limit measured right before and right after it.
-            lim1 = limit(n, cores, work)
-            ad = adapter_only(n, cores, work)
-            lim2 = limit(n, cores, work)
-            row = {"limit": n / ((lim1 + lim2) / 2), "adapter": n / ad, "adapter_ratio": (lim1 + lim2) / 2 / ad,
-                   "files": n / limit(n, cores, work, files=True)}
-            if not args.skip_engine:
-                wall, steady = whole_engine(n, cores, work)
-                lim3 = limit(n, cores, work)
-                ref = (lim2 + lim3) / 2
-                row.update(engine=n / steady, engine_ratio=ref / steady, wall=n / wall, wall_ratio=ref / wall,
-                           steady_s=steady, wall_s=wall)
-            rows.append(row)
-            print(f"  round {r + 1}: limit {row['limit']:.0f}/s; adapter+executor {row['adapter']:.0f}/s "
-                  f"(ratio {row['adapter_ratio']:.2f})"
-                  + (f"; whole engine {row['engine']:.0f}/s (ratio {row['engine_ratio']:.2f}), wall clock "
-                     f"{row['wall']:.0f}/s (ratio {row['wall_ratio']:.2f})" if "engine" in row else ""), flush=True)
-    finally:
-        for work in works:
+    print(f"{n} tasks `true <i>` on {cores} cores, {args.rounds} rounds, load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    names = {"xargs": "xargs -P (limit, no files)", "files": "xargs -P, 2 files per task",
+             "parallel": "GNU parallel, 2 files/task", "hq": "HyperQueue LocalCluster",
+             "cigri": "cigri local run (wall clock)"}
+    rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in names}
+    for r in range(args.rounds):
+        work = Path(tempfile.mkdtemp(prefix="cigri-bench-local-"))
+        try:
+            rows["xargs"].append(run_xargs(n, cores, work, files=False))
+            rows["files"].append(run_xargs(n, cores, work, files=True))
+            rows["cigri"].append(run_cigri(n, cores, work))
+            if not args.only_cigri:
+                if (p := run_parallel(n, cores, work)) is not None:
+                    rows["parallel"].append(p)
+                if (h := run_hyperqueue(n, cores, work, args.hq_python)) is not None:
+                    rows["hq"].append(h)
+        finally:
             shutil.rmtree(work, ignore_errors=True)
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {n / v[-1][0]:.0f}/s" for k, v in rows.items() if v),
+              flush=True)
 
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+    def med(k: str, i: int) -> float:
+        return statistics.median(x[i] for x in rows[k])
 
-    def rng(key: str) -> str:
-        return f"{min(r[key] for r in rows):.2f}-{max(r[key] for r in rows):.2f}"
-
-    print(f"\nResults ({n} tasks, {cores} cores, median of {len(rows)} rounds; ratio = tasks/s / limit tasks/s,"
-          " the limit measured just before and after)")
-    print(f"  limit  xargs -P {cores} sh -c 'true i'  : {med('limit'):7.0f} tasks/s")
-    print(f"  (for scale: xargs with OAR's two output files per task: {med('files'):.0f} tasks/s)")
-    print(f"  (a) local adapter + executor       : {med('adapter'):7.0f} tasks/s  ratio {med('adapter_ratio'):.2f}"
-          f"  (rounds {rng('adapter_ratio')})")
-    if not args.skip_engine:
-        print(f"  (b) whole engine, steady state     : {med('engine'):7.0f} tasks/s  ratio {med('engine_ratio'):.2f}"
-              f"  (rounds {rng('engine_ratio')}; first submission to last end, {med('steady_s'):.1f} s)")
-        print(f"  (b) `cigri local run`, wall clock  : {med('wall'):7.0f} tasks/s  ratio {med('wall_ratio'):.2f}"
-              f"  (rounds {rng('wall_ratio')}; incl. start-up and shutdown, {med('wall_s'):.1f} s)")
+    print(f"\nResults: {n} tasks, {cores} cores, median of {args.rounds} rounds; load average after: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"  {'':32} {'tasks/s':>8} {'seconds':>8} {'peak RSS MB':>12} {'peak PSS MB':>12}")
+    for k, label in names.items():
+        if rows[k]:
+            print(f"  {label:32} {n / med(k, 0):8.0f} {med(k, 0):8.1f} {med(k, 1):12.0f} {med(k, 2):12.0f}")
+        elif k == "hq":
+            print(f"  {label:32} not measured (--hq-python: a Python with `pip install hyperqueue`)")
+        else:
+            print(f"  {label:32} not measured (not installed)")
+    c = n / med("cigri", 0)
+    print(f"\n  cigri / xargs with files: {c / (n / med('files', 0)):.2f}  (target >= 0.9)")
+    print(f"  cigri / plain xargs:      {c / (n / med('xargs', 0)):.2f}  (target >= 0.5)")
+    print(f"  cigri peak memory:        {med('cigri', 1):.0f} MB RSS, {med('cigri', 2):.0f} MB PSS  (target <= 150)")
     return 0
 
 

@@ -2,12 +2,14 @@
 
 `cigri local run JDL` initialises the embedded SQLite database if needed, makes sure the
 `local` cluster exists, submits the campaign (or resumes the one this JDL started),
-runs the engine (almighty and its daemons) and the API server (Unix socket) as child
-processes, and shows the campaign's progress until it ends.
+runs the engine (`cigri.localexec.engine`: every daemon's cycle in one process) as a child
+process, and shows the campaign's progress until it ends. The grid* commands start the API
+server (Unix socket) when they need it (`--api` starts it with the run).
 
-Ctrl-C stops CiGri's daemons only: running tasks go on under the local executor (like
-jobs on a cluster when CiGri stops) and are picked up when `cigri local run` is run
-again, which resumes the campaign. `cigri local stop --kill-tasks` also kills them."""
+Ctrl-C stops the local executor at once (no task starts any more) and CiGri's engine:
+running tasks go on under their shepherds (like jobs on a cluster when CiGri stops) and
+are picked up when `cigri local run` is run again, which resumes the campaign.
+`--kill-tasks` (or `cigri local stop --kill-tasks`) also kills them."""
 
 from __future__ import annotations
 
@@ -267,8 +269,8 @@ class Daemons:
                 self.procs["api"] = subprocess.Popen(
                     [sys.executable, "-P", "-m", "cigri.modules.api", "--workers", "1", "--log-level", "warning"],
                     env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_pdeathsig)
-            self.procs["almighty"] = subprocess.Popen(
-                [sys.executable, "-P", "-m", "cigri.modules.almighty"], env=self.env, stdin=subprocess.DEVNULL,
+            self.procs["engine"] = subprocess.Popen(
+                [sys.executable, "-P", "-m", "cigri.localexec.engine"], env=self.env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, preexec_fn=_pdeathsig)
         finally:
             log.close()
@@ -308,10 +310,10 @@ def run_lock(conf: Conf) -> tuple[int, bool]:
     return fd, True
 
 
-def client_hint(conf: Conf) -> str | None:
+def client_hint(conf: Conf, wait: bool = False) -> str | None:
     """How to point gridstat & co here, when their own configuration lookup does not."""
     sock = Path(str(conf.get("API_LISTEN_SOCKET")))
-    end = time.monotonic() + 10
+    end = time.monotonic() + (10 if wait else 0)
     while not sock.exists() and time.monotonic() < end:  # the clients find the local API by its socket
         time.sleep(0.1)
     try:
@@ -455,13 +457,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if owner:
         _stop_idle_executor(conf)  # a new one starts with this run's LOCAL_CORES, now (in the
         threading.Thread(target=_start_executor, args=(conf,), daemon=True).start()  # background)
-        daemons = Daemons(conf, daemon_conf(conf, args.cores), api=not args.no_api)
+        daemons = Daemons(conf, daemon_conf(conf, args.cores), api=args.api)
         stop_api_on_demand(conf)
         daemons.start()
         stop_how = "kills them" if args.kill_tasks else "lets them end (--kill-tasks kills them)"
         print(f"CiGri is running (log: {daemons.log_path}). Ctrl-C: no new task starts; it {stop_how}.",
               flush=True)
-        hint = client_hint(conf) if not args.quiet and not args.no_api else None
+        hint = client_hint(conf, wait=args.api) if not args.quiet else None
         if hint:
             print(hint, flush=True)
     else:
@@ -560,6 +562,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if code == EXIT_INTERRUPTED:  # (the runner may have restarted it meanwhile)
                     _store(conf).stop_executor()
         os.close(lock_fd)
+        if daemons is not None:
+            stop_api_on_demand(conf)  # (a grid* command started it during the run)
         if daemons is not None and code != EXIT_INTERRUPTED:
             _stop_idle_executor(conf)
     return code
@@ -718,7 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("jdl", help="the campaign's JDL file")
     r.add_argument("--new", action="store_true", help="submit a new campaign even if this JDL has one running")
     r.add_argument("--cores", type=int, help="cores to use (default LOCAL_CORES, 0 = all)")
-    r.add_argument("--no-api", action="store_true", help="do not start the API server")
+    r.add_argument("--api", action="store_true", help="start the API server with the run (by default the "
+                   "grid* commands start it when they need it)")
+    r.add_argument("--no-api", action="store_true", help=argparse.SUPPRESS)  # (the default now)
     r.add_argument("--quiet", action="store_true", help="no progress display")
     r.add_argument("--timeout", type=float, default=0, help="give up waiting after this many seconds")
     r.add_argument("--rerun-failed", action="store_true",
