@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -70,8 +71,11 @@ def shepherd_script(store: Store, rec: Record) -> str:
     signal n) and SIGKILLs what is left of the group after the grace delay."""
     q = _quote
     d = rec["launching_directory"]
-    out = q(os.path.join(d, rec["stdout_file"]))
-    err = q(os.path.join(d, rec["stderr_file"]))
+    # The task writes to its slot's output files (truncated, not created: most tasks of a
+    # campaign write little or nothing); the executor moves them to the task's own files
+    # when it ends, if they are not empty.
+    slot = store.slot_path(rec["cores"][0])
+    out, err = q(f"{slot}.out"), q(f"{slot}.err")
     job_id, array_id, index = rec["id"], rec["array_id"], rec["array_index"]
     env = (f"OAR_JOB_ID={job_id} OAR_JOBID={job_id} OAR_ARRAY_ID={array_id} OAR_ARRAYID={array_id} "
            f"OAR_ARRAY_INDEX={index} OAR_ARRAYINDEX={index} OAR_JOB_NAME={q(rec.get('name') or '')} "
@@ -158,12 +162,14 @@ class Executor:
             if first is None:
                 continue
             if ended:
+                self.save_outputs(slot, self.outputs_of(rec["id"]))
                 if rec["id"] not in self.store.read_log(first):
                     self.store.append_log(first, [rec])
             elif self.store.lock_alive(path):
                 self.adopt(rec, slot)
             else:
                 self.store.mark_lost(slot)
+                self.save_outputs(slot, self.outputs_of(rec["id"]))
 
     def _first_of(self, job_id: int) -> int | None:
         found = self.store.array_of(job_id)
@@ -201,7 +207,8 @@ class Executor:
         start = float(rec.get("start_time") or time.time())
         self.running[rec["id"]] = Run(pid=int(rec.get("shepherd") or 0), child=False, slot=slot,
                                       besteffort=bool(spec.get("besteffort")), cores=cores, start=start,
-                                      deadline=start + walltime if walltime else None)
+                                      deadline=start + walltime if walltime else None,
+                                      outputs=self.outputs_of(rec["id"]))
         log(f"job {rec['id']}: adopted running shepherd {rec.get('shepherd')}")
 
     def flush(self) -> None:
@@ -251,12 +258,41 @@ class Executor:
                 rec = self.store.mark_lost(run.slot, log=False)
         if rec is None:  # cannot happen unless someone rewrote the slot: the task is lost
             rec = lost_record(job_id)
+        self.save_outputs(run.slot, run.outputs)
         self.ended(job_id, rec)
         self._release(run)
-        for path in run.outputs:  # no empty output file is left behind
-            with contextlib.suppress(OSError):
-                if os.stat(path).st_size == 0:
-                    os.unlink(path)
+
+    def outputs_of(self, job_id: int) -> tuple[str, ...]:
+        """The stdout and stderr files of a task, from its array."""
+        found = self.store.array_of(job_id)
+        if found is None:
+            return ()
+        rec = task_record(found[0], job_id)
+        d = rec["launching_directory"]
+        return os.path.join(d, rec["stdout_file"]), os.path.join(d, rec["stderr_file"])
+
+    def save_outputs(self, slot: int, outputs: tuple[str, ...]) -> None:
+        """Move what the task of `slot` wrote to its own files (before the slot is reused);
+        nothing is created for an empty output."""
+        base = self.store.slot_path(slot)
+        for src, dst in zip((f"{base}.out", f"{base}.err"), outputs, strict=False):
+            try:
+                if os.stat(src).st_size == 0:
+                    continue
+                os.replace(src, dst)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if e.errno == errno.EXDEV:  # another file system: copy, then empty the slot's file
+                    try:
+                        shutil.copyfile(src, dst)
+                        os.truncate(src, 0)
+                        continue
+                    except OSError as e2:
+                        e = e2
+                log(f"slot {slot}: cannot save an output to {dst}: {e.strerror}")
+                with contextlib.suppress(OSError):
+                    os.truncate(src, 0)
 
     def _release(self, run: Run) -> None:
         if not run.pid:

@@ -7,6 +7,8 @@ executor (server side). Everything is a file so that nothing is lost when a proc
     <state>/arrays/done/<first>.*       the same two files once every task of it has ended
     <state>/slots/<core>                the task running on that core (its first core),
                                         flock-ed by its shepherd while it lives
+    <state>/slots/<core>.out|.err       that task's stdout and stderr while it runs (moved to
+                                        the task's own files when it ends, unless empty)
     <state>/ctl/<id>.del                deletion requests for the executor
     <state>/wake.fifo                   wakes the executor (no reader = executor not running)
     <state>/progress.fifo               the executor wakes the runner (out of work, or running low)
