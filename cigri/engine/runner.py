@@ -297,7 +297,7 @@ class Runner:
     def _expected_command(self, j: db.RunnerJob, props: dict[str, str], group: list[db.RunnerJob]) -> str:
         base = f"export CIGRI_CAMPAIGN_ID={j.campaign_id};"
         if j.tag in ("prologue", "epilogue"):
-            return base + script_command(props.get(j.tag or "", ""))
+            return base + script_command(_unescape(props.get(j.tag or "", "")))
         if j.tag == "batch":
             sub = sorted([g for g in group if g.batch_id == j.batch_id and g.tag == "batch"], key=lambda g: g.id)
             return base + script_command(self._batch_script(sub, props))
@@ -624,7 +624,7 @@ class Runner:
         wall = p.get(f"{j.tag}_walltime") or p.get("walltime")
         c = self._common(p, False)
         return JobRequest(command=f"export CIGRI_CAMPAIGN_ID={j.campaign_id};"
-                          + script_command(p.get(j.tag or "", "")),
+                          + script_command(_unescape(p.get(j.tag or "", ""))),
                           resources="resource_id=1", walltime=wall, name=f"cigri.{j.campaign_id}",
                           types=c["types"], property=c["property"], project=c["project"])
 

@@ -58,22 +58,23 @@ def require(engine: str) -> None:
 
 @dataclass
 class Node:
-    """A directory of alice's with the demo image, where tasks run as alice."""
+    """A directory of `user`'s with the demo image, where tasks run as `user`."""
 
     root: Path
+    user: str = USER
     env: dict[str, str] = field(default_factory=dict)
 
     @property
     def uid(self) -> int:
-        return pwd.getpwnam(USER).pw_uid
+        return pwd.getpwnam(self.user).pw_uid
 
     @property
     def gid(self) -> int:
-        return pwd.getpwnam(USER).pw_gid
+        return pwd.getpwnam(self.user).pw_gid
 
     @property
     def home(self) -> str:
-        return pwd.getpwnam(USER).pw_dir
+        return pwd.getpwnam(self.user).pw_dir
 
     @property
     def image(self) -> Path:
@@ -85,33 +86,50 @@ class Node:
 
     def run(self, command: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """`command` through bash as alice in a clean login-like environment (as a batch system)."""
-        pw = pwd.getpwnam(USER)
-        e = {"HOME": pw.pw_dir, "USER": USER, "LOGNAME": USER, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-             "LANG": "C.UTF-8"} | self.env | (env or {})
-        argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
-                "bash", "-c", command]
+        """`command` through bash as the user, in a clean login-like environment (as a batch system)."""
+        return self.exec(["bash", "-c", command], env, cwd, timeout)
+
+    def exec(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        pw = pwd.getpwnam(self.user)
+        e = {"HOME": pw.pw_dir, "USER": self.user, "LOGNAME": self.user,
+             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"} | self.env | (env or {})
+        argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", *argv]
         return subprocess.run(argv, env=e, cwd=cwd or self.runs, capture_output=True, text=True, timeout=timeout)
 
     def chown(self, path: Path) -> None:
-        shutil.chown(path, USER, USER)
+        shutil.chown(path, self.user, self.user)
 
 
-@pytest.fixture(scope="session")
-def node() -> Iterator[Node]:
-    """The demo image, built (offline, unprivileged) by make-container-image, plus the probe."""
-    home = Path(pwd.getpwnam(USER).pw_dir)
-    root = Path(tempfile.mkdtemp(prefix="cigri-ctr-", dir=home))
-    shutil.chown(root, USER, USER)
-    n = Node(root)
+def make_node(root: Path, user: str) -> Node:
+    """The demo image, built (offline, as `user`) by make-container-image, plus the probe."""
+    n = Node(root, user)
+    n.chown(root)
     r = n.run(f"sh {MAKE_IMAGE} {root}", cwd=root)
     assert r.returncode == 0, r.stderr
     probe = n.image / "opt" / "test" / "probe.sh"
     probe.parent.mkdir(parents=True)
     probe.write_text(PROBE)
     probe.chmod(0o755)
+    return n
+
+
+@pytest.fixture(scope="session")
+def node() -> Iterator[Node]:
+    """alice's node: tasks run unprivileged (rootless engines, user namespaces)."""
+    home = Path(pwd.getpwnam(USER).pw_dir)
+    root = Path(tempfile.mkdtemp(prefix="cigri-ctr-", dir=home))
+    n = make_node(root, USER)
     yield n
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def root_node() -> Iterator[Node]:
+    """root's node: `cigri local run` as the test runs it (tasks run as the user running CiGri)."""
+    n = make_node(Path(tempfile.mkdtemp(prefix="cigri-ctr-root-")), "root")
+    yield n
+    shutil.rmtree(n.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
