@@ -195,6 +195,8 @@ def finish_block(block: dict[str, Any], cluster: str) -> dict[str, Any]:
             out["bind"].append(f"{_macro(p.src)}:{_macro(p.dst)}" + (":ro" if p.readonly else ""))
     if "env" in block:
         out["env"] = {k: _macro(v) for k, v in block["env"].items()}
+    if "options" in block:
+        out["options"] = [_macro(o) for o in block["options"]]
     return out
 
 
@@ -322,7 +324,7 @@ def _bash_lines(block: Mapping[str, Any], exec_file: str, exec_directory: str | 
             L.append('[ "$EUID" = 0 ] || a+=(--userns=keep-id)')
         else:
             L.append('a+=(run --rm --init --network=host -u "$EUID:$(id -g)" -v "$wd:$wd" -w "$wd")')
-        L.append(f'for v in {_PASS}; do a+=(-e "$v"); done')
+        L.append(f'for v in HOME USER LOGNAME {_PASS}; do a+=(-e "$v"); done')
         L += [f"a+=(-e {_dq(k + '=' + v)})" for k, v in env.items()]
         for i, b in enumerate(binds):
             L.append(f'a+=(-v "$s{i}:$d{i}{":ro" if b.readonly else ""}")')

@@ -45,6 +45,8 @@ def test_wheel_ships_modules_sql_and_conf(tmp_path):
         assert init.relative_to(ROOT).as_posix() in names, init
     assert any(n.endswith("share/cigri/sql/cigri3.sql") for n in names)
     assert any(n.endswith("share/cigri/conf/cigri.conf") for n in names)
+    for example in ROOT.glob("conf/examples/*"):  # every example (the README points at them)
+        assert any(n.endswith(f"share/cigri/examples/{example.name}") for n in names), example
     ep = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(ep).decode()
     for cmd in EXPECTED_COMMANDS:

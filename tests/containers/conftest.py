@@ -1,10 +1,11 @@
 """Real container engines: the busybox image of conf/examples/make-container-image, built
 offline for user alice, and the engines found on this machine.
 
-ch-run (charliecloud) and bwrap are required: missing in CI (CI=true), their tests fail;
-elsewhere they are skipped with the reason. Podman runs rootless as alice where the machine
-allows it (with a private configuration if its defaults do not work here), else its tests are
-skipped with podman's own error as the reason."""
+ch-run (charliecloud) and bwrap are real parts (tests/parts.py): missing on a developer's
+machine, their tests are skipped with the reason; under CI=true or CIGRI_CONTAINERS=1 (tools/test
+installs them) they fail. Podman runs rootless as alice where the machine allows it (with a
+private configuration if its defaults do not work here), else its tests are skipped with
+podman's own error as the reason."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from cigri import containers
+from tests.parts import Part
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MAKE_IMAGE = ROOT / "conf" / "examples" / "make-container-image"
@@ -34,7 +36,7 @@ PROBE = """#!/bin/sh
 out=$1; status=$2; shift 2
 { . /etc/os-release; echo "os=$ID"; echo "pwd=$(pwd)"; echo "uid=$(id -u)"; echo "greeting=$GREETING"
   echo "campaign=$CIGRI_CAMPAIGN_ID"; echo "oar=$OAR_JOB_ID"; echo "slurm=$SLURM_JOB_ID"
-  echo "leaked=${LEAKED:-none}"; echo "data=$(cat /data/factor)"; n=0
+  echo "leaked=${LEAKED:-none}"; echo "data=$(cat /data/factor)"; echo "home=$HOME"; echo "user=$USER"; n=0
   for a in "$@"; do n=$((n+1)); echo "arg$n=<$a>"; done; } > "$out"
 echo "probe stdout $status"
 echo "probe stderr $status" >&2
@@ -45,15 +47,21 @@ exit "$status"
 PODMAN_ENGINE_CONF = '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
 
 
+def _installed(binary: str) -> Callable[[], str | None]:
+    return lambda: None if shutil.which(binary) else f"{binary} is not installed"
+
+
+#: the engines the tests need (CI fails without them)
+PARTS = {e: Part(containers.BINARIES[e], "CIGRI_CONTAINERS", _installed(containers.BINARIES[e]),
+                 hint=f"apt-get install {PACKAGES[e]}; tools/test installs it") for e in REQUIRED}
+
+
 def require(engine: str) -> None:
-    """Skip (or, in CI, fail) when an engine's program is missing."""
-    binary = containers.BINARIES[engine]
-    if shutil.which(binary):
-        return
-    why = f"{binary} is not installed (apt-get install {PACKAGES.get(engine, engine)}; tools/test installs it)"
-    if os.environ.get("CI") == "true" and engine in REQUIRED:
-        pytest.fail(why)
-    pytest.skip(why)
+    """Skip (or, for a required engine in CI, fail) when an engine's program is missing."""
+    if engine in PARTS:
+        PARTS[engine].require()
+    elif not shutil.which(containers.BINARIES[engine]):
+        pytest.skip(f"{containers.BINARIES[engine]} is not installed (apt-get install {PACKAGES[engine]})")
 
 
 @dataclass

@@ -55,6 +55,7 @@ def test_task_runs_in_the_image_with_its_directory_binds_env_and_exit_code(node:
     assert seen["greeting"] == "hello alice $USER `id` $(id) \"q\" 'x'"
     assert (seen["campaign"], seen["oar"], seen["slurm"]) == ("42", "1001", "77")  # CIGRI_*, OAR_*, SLURM_*
     assert seen["leaked"] == "none"  # the rest of the node's environment stays out
+    assert (seen["home"], seen["user"]) == (node.home, node.user)
     st = out.stat()
     assert (st.st_uid, st.st_gid) == (node.uid, node.gid)  # files written belong to the user
     # the parameter line reaches the program exactly as without a container
