@@ -429,7 +429,8 @@ def print_failed(conn: Any, cid: int, limit: int | None = 20, tail: int = 5) -> 
 
     rows = dblocal.failed_tasks(conn, cid, None if limit is None else limit + 1)
     for r in rows[:limit]:
-        print("  " + failure_line(r["name"], r["code"], r["return_code"], None))
+        # the headline names the cause (its first line; the stderr tail is printed below)
+        print("  " + failure_line(r["name"], r["code"], r["return_code"], (r["message"] or "").split("\n", 1)[0]))
         lines = (r["message"] or "").splitlines()
         body = lines[2:] if len(lines) > 1 and lines[1].startswith("Last ") else lines[1:]
         for line in body[-tail:]:

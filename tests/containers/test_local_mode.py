@@ -98,7 +98,7 @@ def test_campaign_in_each_engine(root_node: Node, local: Any, engine: str) -> No
     lm = local()
     rc, out = lm.run(jdl)
     assert rc == 2, out  # stopped by the failing task's open event
-    assert "EXIT_ERROR" in out and "probe stderr 7" in out, out  # the task's exit code and stderr
+    assert "task bad failed: exit code 7" in out and "probe stderr 7" in out, out  # its exit code and stderr
     for name in ("ok1", "ok2", "bad"):
         seen = dict(line.split("=", 1) for line in (work / name).read_text().splitlines())
         assert seen["os"] == "cigri-demo" and seen["pwd"] == str(work) and seen["data"] == "10"
@@ -120,8 +120,8 @@ def test_container_that_cannot_start_tells_what_to_fix(root_node: Node, local: A
     lm = local()
     rc, out = lm.run(jdl)
     assert rc == 2, out
-    assert "CONTAINER_ERROR" in out, out
-    assert f"Container error (image-not-found): image {node.root}/missing-image does not exist (bwrap, node " in out
+    assert (f"task a failed: CONTAINER_ERROR: Container error (image-not-found): image {node.root}/missing-image "
+            "does not exist (bwrap, node ") in out, out
     assert "Put the image where every node of this cluster sees it" in out
-    assert "gridevents -c 1 -f -r" in out
+    assert "--rerun-failed" in out
     assert lm.query("SELECT count(*) FROM events WHERE code = 'CONTAINER_ERROR' AND state = 'open'") == [(1,)]
