@@ -241,3 +241,16 @@ def test_a_local_database_of_an_older_cigri_gets_the_new_column(tmp_path: Path) 
         assert c.execute(sa.select(schema.clusters.c.name, schema.clusters.c.container_engines)).all() == \
             [("local", None)]
     eng.dispose()
+
+
+def test_container_errors_are_notified_once_per_campaign():
+    """A missing image fails every task of the campaign on that cluster: the user gets one
+    message quoting the first event, not one per task."""
+    from cigri.engine.judas import build_messages
+
+    evs = [{"id": i, "code": "CONTAINER_ERROR", "class": "job", "state": "open", "campaign_id": 4, "cluster_id": 1,
+            "parent": None, "message": f"Container error (image-not-found): task {i}"} for i in (10, 11, 12)]
+    [msg] = build_messages(evs, {4: "alice"}, {1: "dahu"}, Conf(values={}))
+    assert msg.user == "alice" and msg.events == [10, 11, 12]
+    assert "3 CONTAINER_ERROR event(s) on campaign #4" in msg.subject
+    assert "Container error (image-not-found): task 10" in msg.body
