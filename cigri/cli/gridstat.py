@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import click
@@ -151,6 +150,8 @@ def cli(campaign_arg: int | None, campaign: int | None, dump: bool, pretty: bool
         return _jobs(api, campaign, offset, state, dump, pretty, as_json)
     stats_call = None
     if not dump or as_json:  # both calls at once: gridstat -c waits for the slower one only
+        from concurrent.futures import ThreadPoolExecutor  # (here: a third of a ms less for other calls)
+
         stats_call = ThreadPoolExecutor(1).submit(ApiClient(api.conf).get, base + "/stats")
     r = api.get(base, params={"pretty": "true"} if pretty else None)
     if r.status == 404:
