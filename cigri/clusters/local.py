@@ -1,6 +1,6 @@
 """The `local` batch type: jobs run on this machine by the local executor
-(`cigri.localexec`). `local_outcome` translates the executor's records into CiGri's
-outcomes, as every adapter does for its batch system.
+(`cigri.localexec`), whose records speak CiGri's words (waiting, running, ended and why);
+`local_outcome` turns them into CiGri's outcomes.
 
 The state directory is the path of the cluster's api_url (`local:///path`), else
 LOCAL_STATE_DIR, else `<user data dir>/local`. Jobs run as the local user (the one
@@ -29,7 +29,8 @@ from cigri.clusters.base import (
     Outcome,
     RemoteJob,
 )
-from cigri.localexec.store import LOST_EVENT, Record, Store, expand_dir, now, parse_resources, parse_walltime
+from cigri.localexec import store
+from cigri.localexec.store import Record, Store, expand_dir, now, parse_resources, parse_walltime
 
 
 def state_dir_for(api_url: str | None, conf: Any = None) -> Path:
@@ -52,14 +53,14 @@ def local_cores(conf: Any = None) -> int:
 
 
 #: the executor's states of a task that has not ended
-LOCAL_LIVE_STATES = {"Waiting": Outcome.WAITING, "Running": Outcome.RUNNING}
-#: why the executor ended a task (the `type` of the one event of an `Error` record)
+LOCAL_LIVE_STATES = {store.WAITING: Outcome.WAITING, store.RUNNING: Outcome.RUNNING}
+#: why the executor ended a task, when the task did not end by itself
 LOCAL_END_REASONS = {
-    "BESTEFFORT_KILL": Outcome.PREEMPTED,
-    "WALLTIME": Outcome.WALLTIME,
-    "FRAG_JOB_REQUEST": Outcome.KILLED,
-    "WORKING_DIRECTORY": Outcome.FAILED_TO_START,
-    LOST_EVENT: Outcome.LOST,  # its shepherd died with it
+    store.PREEMPTED: Outcome.PREEMPTED,
+    store.WALLTIME: Outcome.WALLTIME,
+    store.KILLED: Outcome.KILLED,
+    store.FAILED_TO_START: Outcome.FAILED_TO_START,
+    store.LOST: Outcome.LOST,  # its shepherd died with it
 }
 
 
@@ -70,19 +71,17 @@ def local_outcome(rec: Record) -> tuple[Outcome, ExitStatus | None]:
     state = rec.get("state")
     if state in LOCAL_LIVE_STATES:
         return LOCAL_LIVE_STATES[state], exit_
-    if state == "Terminated":
+    reason = rec.get("reason")
+    if not reason:
         return Outcome.DONE, exit_
-    reasons = [str(e.get("type", "")) for e in rec.get("events") or [] if isinstance(e, dict)]
-    return next((LOCAL_END_REASONS[r] for r in reasons if r in LOCAL_END_REASONS), Outcome.ERROR), exit_
+    return LOCAL_END_REASONS.get(reason, Outcome.ERROR), exit_
 
 
 def _to_remote(rec: Record) -> RemoteJob:
     outcome, exit_ = local_outcome(rec)
-    events = [e for e in rec.get("events") or [] if isinstance(e, dict)]
     return RemoteJob(
         id=int(rec["id"]), outcome=outcome, raw_state=str(rec.get("state") or ""), exit=exit_,
-        reason=",".join(str(e.get("type", "")) for e in events) or str(rec.get("state") or ""),
-        detail="; ".join(f"{e.get('type')}: {e.get('description', '')}" for e in events),
+        reason=str(rec.get("reason") or ""), detail=str(rec.get("detail") or ""),
         start_time=rec.get("start_time"), stop_time=rec.get("stop_time"),
         submission_time=rec.get("submission_time"),
         launching_directory=rec.get("launching_directory"), stdout_file=rec.get("stdout_file"),
@@ -177,7 +176,7 @@ class LocalAdapter(ClusterAdapter):
         rec = self.store.read_job(rid)
         if rec is None:
             raise ClusterAPINotFound(f"Job {remote_id} not found on {self.cluster.name}")
-        if rec.get("state") == "Waiting":
+        if rec.get("state") == store.WAITING:
             self.store.ensure_executor(self.cores)  # waiting work needs a live executor
         return _to_remote(rec)
 
@@ -197,7 +196,7 @@ class LocalAdapter(ClusterAdapter):
                 waiting = True
                 continue
             out[rid] = job = _to_remote(rec)
-            if rec.get("state") == "Waiting":
+            if rec.get("state") == store.WAITING:
                 waiting = True
                 if len(self._waiting) > 200_000:
                     self._waiting.clear()
@@ -212,7 +211,7 @@ class LocalAdapter(ClusterAdapter):
         rec = self.store.read_job(int(remote_id))
         if rec is None:
             raise ClusterAPINotFound(f"Job {remote_id} not found on {self.cluster.name}")
-        if rec.get("state") in ("Terminated", "Error"):
+        if rec.get("state") == store.ENDED:
             return
         self._setup()
         self.store.request_delete(int(remote_id))

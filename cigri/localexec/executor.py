@@ -33,7 +33,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cigri import fifo
-from cigri.localexec.store import Record, Store, append_line, now, parse_task_file, read_task_file, task_record
+from cigri.localexec.store import (
+    KILLED,
+    PREEMPTED,
+    RUNNING,
+    WAITING,
+    WALLTIME,
+    Record,
+    Store,
+    append_line,
+    now,
+    parse_task_file,
+    read_task_file,
+    task_record,
+)
 
 KILL_GRACE = 2  # seconds between SIGTERM and SIGKILL of a killed task
 IDLE_EXIT = 120.0  # seconds without any work before the executor exits
@@ -77,12 +90,11 @@ def shepherd_script(store: Store, rec: Record) -> str:
     slot = store.slot_path(rec["cores"][0])
     out, err = q(f"{slot}.out"), q(f"{slot}.err")
     job_id, array_id, index = rec["id"], rec["array_id"], rec["array_index"]
-    env = (f"OAR_JOB_ID={job_id} OAR_JOBID={job_id} OAR_ARRAY_ID={array_id} OAR_ARRAYID={array_id} "
-           f"OAR_ARRAY_INDEX={index} OAR_ARRAYINDEX={index} OAR_JOB_NAME={q(rec.get('name') or '')} "
-           f"OAR_WORKDIR={q(d)} OAR_O_WORKDIR={q(d)} "
-           f"OAR_RESOURCE_CORES={','.join(str(c) for c in rec.get('cores', []))}")
+    env = (f"CIGRI_JOB_ID={job_id} CIGRI_ARRAY_ID={array_id} CIGRI_ARRAY_INDEX={index} "
+           f"CIGRI_JOB_NAME={q(rec.get('name') or '')} CIGRI_WORKDIR={q(d)} "
+           f"CIGRI_CORES={','.join(str(c) for c in rec.get('cores', []))}")
     if rec.get("walltime"):
-        env += f" OAR_JOB_WALLTIME_SECONDS={int(rec['walltime'])}"
+        env += f" CIGRI_WALLTIME_SECONDS={int(rec['walltime'])}"
     return ('echo "P $$" >&9\n'
             f"cd -- {q(d)} 2>/dev/null || {{ echo wd >&9; exit 1; }}\n"
             f"export {env}\n{{ {rec['command']}\n}} > {out} 2> {err} < /dev/null 9>&-\n"
@@ -355,7 +367,7 @@ class Executor:
                 nxt = min(nxt, run.kill_at - t)
             elif run.deadline is not None:
                 if t >= run.deadline:
-                    self.kill(job_id, "WALLTIME")
+                    self.kill(job_id, WALLTIME)
                     nxt = min(nxt, KILL_GRACE)
                 else:
                     nxt = min(nxt, run.deadline - t)
@@ -372,10 +384,10 @@ class Executor:
             job_id = int(n[:-4])
             if job_id in self.waiting:
                 del self.waiting[job_id]
-                self.ended(job_id, never_started(job_id, "FRAG_JOB_REQUEST"))
+                self.ended(job_id, never_started(job_id, KILLED))
             elif job_id in self.running:
                 if self.running[job_id].kill_at is None:
-                    self.kill(job_id, "FRAG_JOB_REQUEST")
+                    self.kill(job_id, KILLED)
             elif job_id not in self.task_array and not self._has_ended(job_id):
                 # Not ingested yet: keep the request for a later pass (unless stale).
                 with contextlib.suppress(FileNotFoundError):
@@ -416,7 +428,7 @@ class Executor:
                     run.preempting = True
                     missing -= len(run.cores)
                     if run.kill_at is None:
-                        self.kill(jid, "BESTEFFORT_KILL")
+                        self.kill(jid, PREEMPTED)
             return  # normal tasks wait: no best-effort task may start before them
         while True:
             job_id = self._head(self.q_be)
@@ -433,7 +445,7 @@ class Executor:
         cores = sorted(self.free)[:need]
         slot = cores[0]
         t = time.time()
-        rec.update(state="Running", start_time=int(t), cores=cores)
+        rec.update(state=RUNNING, start_time=int(t), cores=cores)
         fd = os.open(self.store.slot_path(slot), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             if not _try_lock(fd):
@@ -442,13 +454,13 @@ class Executor:
                 self.held[slot] = self.held.get(slot, time.monotonic())
                 self.free.discard(slot)
                 self.waiting[job_id] = rec
-                rec.update(state="Waiting", start_time=None, cores=[])
+                rec.update(state=WAITING, start_time=None, cores=[])
                 (self.q_be if rec["besteffort"] else self.q_normal).appendleft(job_id)
                 return
             # Rewrite the slot without emptying it (freeing its block costs more than the rest):
             # a reader sees the old record, a lone "{" or a partial line, never a mix.
             os.ftruncate(fd, 1)
-            os.pwrite(fd, (f'{{"id":{job_id},"state":"Running","start_time":{int(t)},'
+            os.pwrite(fd, (f'{{"id":{job_id},"state":"{RUNNING}","start_time":{int(t)},'
                            f'"cores":[{",".join(map(str, cores))}]}}\n').encode(), 0)
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)  # the shepherd appends
             try:
@@ -459,7 +471,7 @@ class Executor:
                 log(f"job {job_id}: cannot start its shepherd: {e}")
                 os.ftruncate(fd, 0)  # no task in this slot
                 self.waiting[job_id] = rec
-                rec.update(state="Waiting", start_time=None, cores=[])
+                rec.update(state=WAITING, start_time=None, cores=[])
                 (self.q_be if rec["besteffort"] else self.q_normal).appendleft(job_id)
                 raise
             os.write(fd, f"P {pid}\n".encode())  # (the shepherd writes it too: either may be first)

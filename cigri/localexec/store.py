@@ -45,7 +45,14 @@ from cigri import fifo
 
 Record = dict[str, Any]
 
-LOST_EVENT = "EXTERMINATE"
+#: A task's states in the executor's records, and why it ended when it did not end by
+#: itself: the words of CiGri's job outcomes (cigri.clusters.base.Outcome).
+WAITING, RUNNING, ENDED = "waiting", "running", "ended"
+WALLTIME, PREEMPTED, KILLED, FAILED_TO_START, LOST = "walltime", "preempted", "killed", "failed_to_start", "lost"
+#: the words of the executor's first version (records still on disk, shepherds still running)
+OLD_STATES = {"Waiting": WAITING, "Running": RUNNING, "Terminated": ENDED, "Error": ENDED}
+OLD_REASONS = {"WALLTIME": WALLTIME, "BESTEFFORT_KILL": PREEMPTED, "FRAG_JOB_REQUEST": KILLED,
+               "WORKING_DIRECTORY": FAILED_TO_START, "EXTERMINATE": LOST}
 
 
 def now() -> int:
@@ -85,10 +92,10 @@ def parse_resources(text: str | None, cores: int) -> tuple[int, int | None]:
 
 
 def output_name(template: str | None, which: str, name: str | None, job_id: int) -> str:
-    """OAR's default output names (`OAR.<name>.<id>.stdout`, `OAR.<id>.stdout`) or the
-    requested template with %jobid% / %jobname% substituted."""
+    """The requested template with %jobid% / %jobname% substituted, by default
+    `<name>.<id>.stdout` (`job.<id>.stdout` for a job without a name)."""
     if not template:
-        template = f"OAR.{name}.%jobid%.{which}" if name else f"OAR.%jobid%.{which}"
+        template = f"{name or 'job'}.%jobid%.{which}"
     return template.replace("%jobid%", str(job_id)).replace("%jobname%", name or "")
 
 
@@ -129,13 +136,14 @@ def read_json(path: Path) -> Any:
         return None
 
 
-KILL_TEXT = {"WALLTIME": "walltime reached", "BESTEFFORT_KILL": "best-effort job preempted by a normal job",
-             "FRAG_JOB_REQUEST": "deletion requested", "WORKING_DIRECTORY": "cannot enter the working directory",
-             LOST_EVENT: "shepherd died (machine or executor killed): task lost"}
+REASON_TEXT = {WALLTIME: "killed at its walltime", PREEMPTED: "best-effort task preempted by a normal task",
+               KILLED: "killed on request", FAILED_TO_START: "cannot enter its working directory",
+               LOST: "its shepherd died (machine or executor killed): task lost"}
 
 
 def parse_task_file(text: str, stop_time: int | None = None) -> Record | None:
-    """A task file -> the job as OAR reports it."""
+    """A slot file (or a log line's source) -> the task's record: state, and once ended its
+    exit_code (a wait status), or the reason it was ended."""
     lines = text.split("\n")
     try:
         rec: Record = json.loads(lines[0])
@@ -143,6 +151,8 @@ def parse_task_file(text: str, stop_time: int | None = None) -> Record | None:
         return None
     if not isinstance(rec, dict):
         return None
+    if rec.get("state") in OLD_STATES:
+        rec["state"] = OLD_STATES[rec["state"]]
     reason = status = None
     for line in lines[1:]:
         if not line:
@@ -151,34 +161,43 @@ def parse_task_file(text: str, stop_time: int | None = None) -> Record | None:
             rec["shepherd"] = int(line[2:])
         elif line.startswith("R "):
             if status is None and reason is None:  # a kill after the end does not count
-                reason = line[2:].strip()
+                word = line[2:].strip()
+                reason = OLD_REASONS.get(word, word)
         elif status is None:
             status = line.strip()
     if status is None:
         return rec
-    events = list(rec.get("events") or [])
     code: int | None = None
     if status == "wd":
-        reason = "WORKING_DIRECTORY"
+        reason = FAILED_TO_START
     elif status == "lost":
         if reason:
             code = 9  # SIGKILL-ed on purpose after the grace delay
         else:
-            reason = LOST_EVENT
+            reason = LOST
     elif status != "none":
         try:
             s = int(status)
         except ValueError:
             s = 255
-        # sh reports a death by signal n as 128+n; OAR gives the raw wait status.
+        # sh reports a death by signal n as 128+n: kept as a wait status
         code = (s - 128) if s > 128 else (s << 8)
-    rec["state"] = "Error" if reason else "Terminated"
+    rec["state"] = ENDED
     rec["exit_code"] = code
     rec["stop_time"] = stop_time or now()
-    if reason:
-        events.append({"type": reason, "date": rec["stop_time"], "job_id": rec["id"], "to_check": "NO",
-                       "description": f"Job {rec['id']}: {KILL_TEXT.get(reason, reason)}"})
-    rec["events"] = events
+    rec["reason"] = reason
+    rec["detail"] = REASON_TEXT.get(reason, reason) if reason else ""
+    return rec
+
+
+def upgrade_record(rec: Record) -> Record:
+    """A record of the executor's first version (OAR's words, an `events` list) in today's words."""
+    rec = dict(rec)
+    rec["state"] = OLD_STATES.get(rec.get("state", ""), rec.get("state"))
+    types = [str(e.get("type", "")) for e in rec.pop("events", None) or [] if isinstance(e, dict)]
+    if rec["state"] == ENDED:
+        rec["reason"] = next((OLD_REASONS[t] for t in types if t in OLD_REASONS), types[0] if types else None)
+        rec["detail"] = REASON_TEXT.get(rec["reason"], rec["reason"]) if rec["reason"] else ""
     return rec
 
 
@@ -192,7 +211,7 @@ def read_task_file(path: str) -> tuple[Record | None, bool]:
     except FileNotFoundError:
         return None, False
     rec = parse_task_file(text, mtime)
-    return rec, bool(rec is not None and rec.get("state") in ("Terminated", "Error"))
+    return rec, bool(rec is not None and rec.get("state") == ENDED)
 
 
 def append_line(path: str, line: str) -> bool:
@@ -208,7 +227,7 @@ def append_line(path: str, line: str) -> bool:
 
 
 #: the fields of a task that change after submission (slot records and log lines)
-LIVE_FIELDS = ("state", "start_time", "stop_time", "exit_code", "events", "cores", "shepherd")
+LIVE_FIELDS = ("state", "start_time", "stop_time", "exit_code", "reason", "detail", "cores", "shepherd")
 
 
 def log_entry(rec: Record) -> bytes:
@@ -344,6 +363,8 @@ class Store:
             for line in data[:end].splitlines():
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     e = json.loads(line)
+                    if e.get("state") in OLD_STATES:  # a line of the executor's first version
+                        e = upgrade_record(e)
                     log.ended.setdefault(int(e["id"]), e)
             log.offset += end
             break
@@ -541,7 +562,7 @@ def task_record(spec: Record, job_id: int) -> Record:
             "owner": spec.get("owner"), "queue": "besteffort" if spec.get("besteffort") else "default",
             "besteffort": bool(spec.get("besteffort")), "ncores": spec.get("ncores", 1),
             "walltime": spec.get("walltime"), "submission_time": spec["submission_time"],
-            "state": "Waiting", "exit_code": None, "start_time": None, "stop_time": None,
+            "state": WAITING, "exit_code": None, "start_time": None, "stop_time": None,
         }
     rec = dict(base)
     outdir = spec.get("outdir")
@@ -553,5 +574,5 @@ def task_record(spec: Record, job_id: int) -> Record:
         err = output_name(spec.get("stderr"), "stderr", base["name"], job_id)
     rec.update(id=job_id, array_index=i + 1,
                command=spec["command"] if params is None else f"{spec['command']} {params[i]}",
-               stdout_file=out, stderr_file=err, types=list(spec.get("types", [])), events=[], cores=[])
+               stdout_file=out, stderr_file=err, types=list(spec.get("types", [])), reason=None, cores=[])
     return rec

@@ -41,7 +41,7 @@ def test_exit_codes_outputs_and_stderr_tail(make_adapter, workdir: Path):
 def test_output_templates_single_job_and_home(make_adapter, workdir: Path, monkeypatch):
     monkeypatch.setenv("HOME", str(workdir))
     a = make_adapter()
-    [jid] = a.submit(JobRequest(command="echo $OAR_JOB_ID; pwd", stdout="o.%jobid%", stderr="e.%jobid%"), ME)
+    [jid] = a.submit(JobRequest(command="echo $CIGRI_JOB_ID; pwd", stdout="o.%jobid%", stderr="e.%jobid%"), ME)
     job = wait_ended(a, [jid])[jid]
     assert job.outcome is Outcome.DONE and job.launching_directory == str(workdir)
     assert (workdir / f"o.{jid}").read_text() == f"{jid}\n{workdir}\n"
@@ -49,7 +49,7 @@ def test_output_templates_single_job_and_home(make_adapter, workdir: Path, monke
     sub.mkdir()
     [j2] = a.submit(JobRequest(command="echo x", directory="$HOME/sub"), ME)
     assert wait_ended(a, [j2])[j2].launching_directory == str(sub)
-    assert (sub / f"OAR.{j2}.stdout").exists()
+    assert (sub / f"job.{j2}.stdout").exists()
 
 
 def test_unknown_job_and_bad_directory(make_adapter, workdir: Path):
@@ -58,7 +58,7 @@ def test_unknown_job_and_bad_directory(make_adapter, workdir: Path):
         a.get_job(424242)
     [jid] = a.submit(JobRequest(command="true", directory=str(workdir / "missing")), ME)
     job = wait_ended(a, [jid])[jid]
-    assert job.outcome is Outcome.FAILED_TO_START and job.reason == "WORKING_DIRECTORY"
+    assert job.outcome is Outcome.FAILED_TO_START and job.reason == "failed_to_start"
 
 
 def test_walltime_kills(make_adapter, workdir: Path):
@@ -212,7 +212,7 @@ def test_tasks_survive_killed_submitter_and_executor(make_adapter, workdir: Path
     # Polling restarts an executor, which adopts the running shepherds and runs the waiting tasks.
     jobs = wait_ended(a, ids)
     assert {j.id: (j.outcome, j.exit) for j in jobs.values()} == {i: (Outcome.DONE, ExitStatus(code=0)) for i in ids}
-    assert sorted((workdir / f"OAR.{i}.stdout").read_text() for i in ids) == ["a\n", "b\n", "c\n", "d\n"]
+    assert sorted((workdir / f"job.{i}.stdout").read_text() for i in ids) == ["a\n", "b\n", "c\n", "d\n"]
 
 
 def test_dead_shepherd_is_reported(make_adapter, workdir: Path):
@@ -276,7 +276,7 @@ def test_state_directory_of_the_previous_layout_is_migrated(make_adapter, workdi
     assert jobs[first + 1].outcome is Outcome.LOST
     assert (jobs[first + 2].outcome, jobs[first + 2].exit) == (Outcome.DONE,
                                                               ExitStatus(code=0))  # never ran: runs now
-    assert not (workdir / f"OAR.{first}.stdout").exists()  # not run again
+    assert not (workdir / f"job.{first}.stdout").exists()  # not run again
     assert not (st.root / "running").exists() and not (st.root / "done").exists()
 
 
@@ -292,3 +292,24 @@ def test_outputs_in_one_directory_per_campaign_named_by_task_and_never_empty(mak
     assert not (out / "quiet.stderr").exists()  # it wrote nothing there
     assert jobs[ids[0]].output_path("stdout") == str(out / "alpha.stdout")
     assert not list(workdir.glob("OAR.*"))
+
+
+def test_records_of_the_first_executor_are_read_in_todays_words(make_adapter, workdir: Path):
+    """Ended tasks logged by the executor's first version (OAR's words: Terminated/Error and an
+    event list) keep their outcome after an upgrade."""
+    import json
+
+    a = make_adapter()
+    st = a.store
+    st.setup()
+    first = st.alloc_ids(2)
+    st.write_array({"first": first, "count": 2, "command": "echo", "params": ["a", "b"], "name": None,
+                    "directory": str(workdir), "stdout": None, "stderr": None, "owner": ME, "types": [],
+                    "besteffort": False, "ncores": 1, "walltime": None, "submission_time": 1})
+    old = [{"id": first, "state": "Terminated", "exit_code": 768, "events": []},
+           {"id": first + 1, "state": "Error", "exit_code": None,
+            "events": [{"type": "WALLTIME", "description": "Job: walltime reached"}]}]
+    (st.arrays / f"{first}.log").write_text("".join(json.dumps(r) + "\n" for r in old))
+    jobs = a.get_jobs([first, first + 1])
+    assert (jobs[first].outcome, jobs[first].exit) == (Outcome.DONE, ExitStatus(code=3))
+    assert jobs[first + 1].outcome is Outcome.WALLTIME and jobs[first + 1].reason == "walltime"

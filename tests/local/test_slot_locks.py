@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cigri.clusters.base import JobRequest
+from cigri.clusters.base import JobRequest, Outcome
 from tests.local.conftest import ME, wait_ended
 
 pytestmark = pytest.mark.slow
@@ -39,5 +39,5 @@ def test_ten_thousand_tasks_finish_despite_a_concurrent_liveness_probe(make_adap
         stop.set()
         for t in probes:
             t.join()
-    assert sum(1 for j in jobs.values() if j.state == "Terminated" and j.exit_code == 0) == 10_000
+    assert sum(1 for j in jobs.values() if j.outcome is Outcome.DONE and j.exit is not None and j.exit.ok) == 10_000
     assert "left unused" not in a.store.log_file.read_text()
