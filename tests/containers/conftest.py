@@ -35,7 +35,7 @@ PROBE = """#!/bin/sh
 # probe OUT STATUS ARGS...: write what the task sees to OUT, then exit with STATUS
 out=$1; status=$2; shift 2
 { . /etc/os-release; echo "os=$ID"; echo "pwd=$(pwd)"; echo "uid=$(id -u)"; echo "greeting=$GREETING"
-  echo "campaign=$CIGRI_CAMPAIGN_ID"; echo "oar=$OAR_JOB_ID"; echo "slurm=$SLURM_JOB_ID"
+  echo "campaign=$CIGRI_CAMPAIGN_ID"; echo "oar=$OAR_JOB_ID"; echo "slurm=$SLURM_JOB_ID"; echo "job=$CIGRI_JOB_ID"
   echo "leaked=${LEAKED:-none}"; echo "data=$(cat /data/factor)"; echo "home=$HOME"; echo "user=$USER"; n=0
   for a in "$@"; do n=$((n+1)); echo "arg$n=<$a>"; done; } > "$out"
 echo "probe stdout $status"

@@ -102,7 +102,7 @@ def test_campaign_in_each_engine(root_node: Node, local: Any, engine: str) -> No
     for name in ("ok1", "ok2", "bad"):
         seen = dict(line.split("=", 1) for line in (work / name).read_text().splitlines())
         assert seen["os"] == "cigri-demo" and seen["pwd"] == str(work) and seen["data"] == "10"
-        assert seen["greeting"] == "hi" and seen["campaign"] == "1" and seen["oar"].isdigit()
+        assert seen["greeting"] == "hi" and seen["campaign"] == "1" and seen["job"].isdigit()  # (local: CIGRI_JOB_ID)
         assert (work / name).stat().st_uid == node.uid
     assert "arg1=<y z>" in (work / "ok2").read_text()
     [(msg,)] = lm.query("SELECT message FROM events WHERE code = 'EXIT_ERROR'")
