@@ -4,6 +4,7 @@
 
 -- New batch types (adapter modules in cigri/clusters/).
 ALTER TYPE api ADD VALUE IF NOT EXISTS 'local';
+ALTER TYPE api ADD VALUE IF NOT EXISTS 'slurm';
 
 -- CiGri3 3.0/3.1 databases lack api_limit.
 ALTER TABLE clusters ADD COLUMN IF NOT EXISTS api_limit INTEGER NOT NULL DEFAULT 100;
@@ -11,6 +12,16 @@ ALTER TABLE clusters ADD COLUMN IF NOT EXISTS api_limit INTEGER NOT NULL DEFAULT
 -- The container engines a cluster offers ("apptainer,charliecloud"; NULL: not declared, any
 -- engine may be asked for; '': none). Set with `cigri-admin cluster set --container-engines`.
 ALTER TABLE clusters ADD COLUMN IF NOT EXISTS container_engines VARCHAR(255);
+
+-- Slurm clusters (docs/slurm.md): the partition of normal jobs (NULL: the site's default),
+-- the partition and/or QOS of best-effort jobs, what preemption does to them there
+-- ('cancel' or 'requeue'), and the HS256 key file with which the CiGri server signs its
+-- users' Slurm tokens (NULL: users register tokens with gridtoken).
+ALTER TABLE clusters ADD COLUMN IF NOT EXISTS normal_partition VARCHAR(255);
+ALTER TABLE clusters ADD COLUMN IF NOT EXISTS besteffort_partition VARCHAR(255);
+ALTER TABLE clusters ADD COLUMN IF NOT EXISTS besteffort_qos VARCHAR(255);
+ALTER TABLE clusters ADD COLUMN IF NOT EXISTS besteffort_mode VARCHAR(16);
+ALTER TABLE clusters ADD COLUMN IF NOT EXISTS jwt_key_file VARCHAR(255);
 
 -- Real batch identifiers for grouped submissions (spec 15.2 #12).
 CREATE SEQUENCE IF NOT EXISTS batch_id_seq;

@@ -17,13 +17,18 @@ CREATE TABLE IF NOT EXISTS clusters (
   api_chunk_size INTEGER NOT NULL DEFAULT 100,
   api_limit INTEGER NOT NULL DEFAULT 100,
   ssh_host VARCHAR(255),
-  batch VARCHAR(16) NOT NULL CHECK (batch IN ('oar2_5','g5k','oar3','local')),
+  batch VARCHAR(16) NOT NULL CHECK (batch IN ('oar2_5','g5k','oar3','local','slurm')),
   resource_unit VARCHAR(255) DEFAULT 'resource_id',
   power INT,
   properties VARCHAR(255),
   stress_factor FLOAT DEFAULT 0,
   enabled BOOLEAN DEFAULT 1,
-  container_engines VARCHAR(255)
+  container_engines VARCHAR(255),
+  normal_partition VARCHAR(255),
+  besteffort_partition VARCHAR(255),
+  besteffort_qos VARCHAR(255),
+  besteffort_mode VARCHAR(16),
+  jwt_key_file VARCHAR(255)
 );
 
 CREATE TABLE IF NOT EXISTS users_mapping (

@@ -15,11 +15,52 @@ import click
 
 from cigri.cli.client import CONTEXT, CliError, echo_json, run_command, version_option
 
-BATCH_TYPES = ("oar2_5", "g5k", "oar3", "local")
+BATCH_TYPES = ("oar2_5", "g5k", "oar3", "local", "slurm")
 AUTH_TYPES = ("none", "password", "cert", "jwt")
 ENGINES_HELP = ("Container engines the cluster's nodes offer, comma-separated (apptainer, singularity, podman, "
                 "docker, charliecloud, bwrap); '' = none; 'any' = not declared (the default): campaigns asking "
                 "for another engine there are refused at submission.")
+BESTEFFORT_MODES = ("cancel", "requeue")
+#: the cluster columns that say how a Slurm cluster is used (docs/slurm.md), with their options
+SLURM_OPTIONS = ("normal_partition", "besteffort_partition", "besteffort_qos", "besteffort_mode", "jwt_key_file")
+
+
+def _slurm_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--normal-partition", metavar="NAME", help="Slurm: partition of normal jobs (default: the "
+                     "site's default partition)."),
+        click.option("--besteffort-partition", metavar="NAME", help="Slurm: partition of best-effort jobs (a "
+                     "preemptible one)."),
+        click.option("--besteffort-qos", metavar="NAME", help="Slurm: QOS of best-effort jobs (a preemptible one)."),
+        click.option("--besteffort-mode", type=click.Choice(BESTEFFORT_MODES), help="Slurm: what preemption does "
+                     "to best-effort jobs there: cancel (they end PREEMPTED) or requeue (Slurm queues them again)."),
+        click.option("--jwt-key-file", metavar="PATH", help="Slurm: the cluster's HS256 JWT key (a copy readable "
+                     "by the CiGri server only); CiGri then signs its users' tokens itself. Without it users "
+                     "register theirs with gridtoken."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _check_slurm(values: dict[str, Any]) -> None:
+    """One clear message for a Slurm cluster row that could not work (or a Slurm option elsewhere)."""
+    given = [k for k in SLURM_OPTIONS if values.get(k)]
+    if values.get("batch") != "slurm":
+        if given:
+            raise CliError(f"--{given[0].replace('_', '-')} is for Slurm clusters (--batch slurm)")
+        return
+    if values.get("api_auth_type") not in ("jwt", "none"):
+        raise CliError("A Slurm cluster authenticates with --auth jwt (tokens signed with --jwt-key-file, or "
+                       "registered by users with gridtoken), or --auth none behind a proxy that authenticates")
+    if (values.get("besteffort_partition") or values.get("besteffort_qos")) and not values.get("besteffort_mode"):
+        raise CliError("Say what preemption does to best-effort jobs on this cluster: --besteffort-mode cancel "
+                       "or requeue (scontrol show partition / sacctmgr show qos: PreemptMode)")
+    if values.get("besteffort_mode") and not (values.get("besteffort_partition") or values.get("besteffort_qos")):
+        raise CliError("--besteffort-mode needs --besteffort-partition or --besteffort-qos")
+    key = values.get("jwt_key_file")
+    if key and not os.access(key, os.R_OK):
+        click.echo(f"Warning: {key} is not readable by this user; the CiGri daemons must be able to read it",
+                   err=True)
 
 
 def _engine() -> Any:
@@ -39,6 +80,7 @@ def _add_cluster(values: dict[str, Any]) -> int:
     if values.get("api_auth_type") not in AUTH_TYPES:
         raise CliError(f"\"{values.get('api_auth_type')}\" is not a valid auth type. Valid types are: "
                        + ", ".join(AUTH_TYPES))
+    _check_slurm(values)
     with transaction(_engine()) as conn:
         return add_cluster(conn, **{k: v for k, v in values.items() if v is not None})
 
@@ -68,15 +110,16 @@ def cluster() -> None:
 @click.option("--properties", default="", help="OAR properties selecting this logical cluster.")
 @click.option("--disabled", is_flag=True, help="Add it disabled.")
 @click.option("--container-engines", "engines", default=None, metavar="LIST", help=ENGINES_HELP)
+@_slurm_options
 def cluster_add(name: str, api_url: str, batch: str, auth_type: str, username: str | None, password: str | None,
                 auth_header: str | None, ssh_host: str, resource_unit: str, power: int | None, properties: str,
-                disabled: bool, engines: str | None) -> None:
-    """Add a cluster NAME reachable at API_URL."""
+                disabled: bool, engines: str | None, **slurm: str | None) -> None:
+    """Add a cluster NAME reachable at API_URL (for a Slurm cluster: docs/slurm.md)."""
     cid = _add_cluster({"name": name, "api_url": api_url, "batch": batch, "api_auth_type": auth_type,
                         "api_username": username, "api_password": password, "api_auth_header": auth_header or None,
                         "ssh_host": ssh_host, "resource_unit": resource_unit, "power": power,
                         "properties": properties, "enabled": not disabled,
-                        "container_engines": _engine_list(engines)})
+                        "container_engines": _engine_list(engines)} | slurm)
     click.echo(f"Cluster {name} added with id {cid}")
 
 
@@ -95,21 +138,35 @@ def _engine_list(text: str | None) -> str | None:
 
 @cluster.command("set")
 @click.argument("cluster", metavar="CLUSTER")
-@click.option("--container-engines", "engines", required=True, metavar="LIST", help=ENGINES_HELP)
-def cluster_set(cluster: str, engines: str) -> None:
-    """Change a cluster's settings, by name or id."""
-    from cigri.db.clusters import set_container_engines
+@click.option("--container-engines", "engines", default=None, metavar="LIST", help=ENGINES_HELP)
+@_slurm_options
+def cluster_set(cluster: str, engines: str | None, **slurm: str | None) -> None:
+    """Change a cluster's settings, by name or id ('' clears a Slurm setting)."""
+    from cigri.db.clusters import get_cluster, set_container_engines, set_slurm_options
     from cigri.db.engine import transaction
     from cigri.errors import NotFound
 
-    value = _engine_list(engines)
+    changes = {k: v for k, v in slurm.items() if v is not None}
+    if engines is None and not changes:
+        raise CliError("Nothing to change: give --container-engines or a Slurm option (see --help)")
+    value = _engine_list(engines) if engines is not None else None
     try:
         with transaction(_engine()) as conn:
-            set_container_engines(conn, _cluster_id(conn, cluster), value)
+            cid = _cluster_id(conn, cluster)
+            if changes:
+                info = get_cluster(conn, cluster_id=cid)
+                _check_slurm({"batch": info.batch, "api_auth_type": info.api_auth_type}
+                             | {k: getattr(info, k) for k in SLURM_OPTIONS} | changes)
+                set_slurm_options(conn, cid, {k: v or None for k, v in changes.items()})
+            if engines is not None:
+                set_container_engines(conn, cid, value)
     except NotFound as e:
         raise CliError(str(e)) from None
-    click.echo(f"Cluster {cluster}: container engines " + ("not declared (any)" if value is None else
-                                                           repr(value) if value else "none"))
+    if engines is not None:
+        click.echo(f"Cluster {cluster}: container engines " + ("not declared (any)" if value is None else
+                                                               repr(value) if value else "none"))
+    for k, v in changes.items():
+        click.echo(f"Cluster {cluster}: {k} " + (repr(v) if v else "cleared"))
 
 
 @cluster.command("list")
@@ -126,6 +183,8 @@ def cluster_list(as_json: bool) -> None:
     for c in cls:
         click.echo(f"{c.id}: {c.name} {c.batch} {c.api_url} auth={c.api_auth_type}"
                    + ("" if c.container_engines is None else f" containers={c.container_engines or 'none'}")
+                   + "".join(f" {k}={getattr(c, k)}" for k in SLURM_OPTIONS[:4] if getattr(c, k))
+                   + (" jwt=signed" if c.jwt_key_file else "")
                    + ("" if c.enabled else " (disabled)"))
 
 

@@ -21,6 +21,7 @@ ADAPTERS: dict[str, str] = {
     "oar2_5": "cigri.clusters.oar2_5:Oar25Adapter",
     "oar3": "cigri.clusters.oar3:Oar3Adapter",
     "local": "cigri.clusters.local:LocalAdapter",
+    "slurm": "cigri.clusters.slurm:SlurmAdapter",
 }
 
 

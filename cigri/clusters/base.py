@@ -112,6 +112,17 @@ class ClusterInfo:
     stress_factor: float = 0.0
     enabled: bool = True
     container_engines: str | None = None
+    # how a batch system without OAR's `besteffort` job type runs best-effort work (Slurm:
+    # docs/slurm.md): the partition normal jobs go to (None: the site's default one), the
+    # partition and/or QOS whose jobs are preempted, and what preemption does there
+    # ("cancel": the job ends preempted; "requeue": the batch system queues it again)
+    normal_partition: str | None = None
+    besteffort_partition: str | None = None
+    besteffort_qos: str | None = None
+    besteffort_mode: str | None = None
+    #: a key file on the CiGri server with which CiGri signs its users' tokens itself (Slurm's
+    #: HS256 JWT key); None: users register their tokens with `gridtoken`
+    jwt_key_file: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ClusterInfo:
@@ -148,6 +159,10 @@ class JobRequest:
     types: Sequence[str] = ()
     stdout: str | None = None
     stderr: str | None = None
+    #: the CiGri job ids this submission runs, in `params` order (every id of a grouped
+    #: batch): an adapter may tag the cluster job with them, to find it again after a crash
+    #: between the submission and its recording (`ClusterAdapter.find_submitted`)
+    job_ids: Sequence[int] = ()
 
 
 class Outcome(StrEnum):
@@ -282,6 +297,9 @@ class ClusterAdapter(abc.ABC):
     (users_mapping given as `mapping`: grid_login -> cluster_login / "Bearer <jwt>")."""
 
     batch: ClassVar[str]
+    #: whether `get_file` can read the files of the cluster's users (temporal grouping reads
+    #: its sub-jobs' state files that way; without it campaigns are submitted as plain arrays)
+    reads_files: ClassVar[bool] = True
 
     def __init__(self, cluster: ClusterInfo, conf: Any = None, mapping: Mapping[str, str] | None = None):
         self.cluster = cluster
@@ -330,6 +348,18 @@ class ClusterAdapter(abc.ABC):
     @abc.abstractmethod
     def get_stress_factor(self) -> float:
         """The cluster's global stress (0 when unknown)."""
+
+    def stderr_tail(self, remote: RemoteJob, user: str, lines: int) -> str:
+        """The last `lines` lines of an ended job's stderr, for the event telling why it failed
+        ('' when they cannot be had). By default read through the cluster's file API."""
+        path = remote.output_path("stderr")
+        return self.get_file(path, user, tail=lines) if path else ""
+
+    def find_submitted(self, job_ids: Sequence[int], user: str) -> dict[int, int] | None:
+        """Remote ids of CiGri jobs (`JobRequest.job_ids`) that the cluster accepted although
+        their submission was never recorded (the runner died in between), as {job id: remote
+        id}; None when the adapter cannot tell by itself (the runner then matches commands)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -560,7 +560,7 @@ def cluster_representation(conn: Connection, cluster_id: int, threshold: float) 
     from cigri.db.events import cluster_blacklisted
 
     info = ClusterInfo.from_row(dict(r))
-    d = {k: v for k, v in dict(r).items() if k not in ("api_username", "api_password")}
+    d = {k: v for k, v in dict(r).items() if k not in ("api_username", "api_password", "jwt_key_file")}
     d["api_auth_header"] = info.api_auth_header
     sf = float(d.get("stress_factor") or 0.0)
     d["blacklisted"] = cluster_blacklisted(conn, cluster_id)

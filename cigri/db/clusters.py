@@ -24,14 +24,14 @@ def get_cluster(conn: Connection, cluster_id: int | None = None, name: str | Non
     row = conn.execute(q).mappings().first()
     if row is None:
         raise NotFound(f"Cluster {cluster_id if cluster_id is not None else name} not found")
-    return ClusterInfo.from_row(row)
+    return ClusterInfo.from_row(dict(row))
 
 
 def list_clusters(conn: Connection, enabled_only: bool = True) -> list[ClusterInfo]:
     q = sa.select(clusters).order_by(clusters.c.id)
     if enabled_only:
         q = q.where(clusters.c.enabled.is_(True))
-    return [ClusterInfo.from_row(r) for r in conn.execute(q).mappings()]
+    return [ClusterInfo.from_row(dict(r)) for r in conn.execute(q).mappings()]
 
 
 def cluster_ids_by_name(conn: Connection, names: list[str]) -> dict[str, int]:
@@ -54,6 +54,17 @@ def set_enabled(conn: Connection, cluster_id: int, enabled: bool) -> None:
 
 def set_container_engines(conn: Connection, cluster_id: int, engines: str | None) -> None:
     res = conn.execute(clusters.update().where(clusters.c.id == cluster_id).values(container_engines=engines))
+    if not res.rowcount:
+        raise NotFound(f"Cluster {cluster_id} not found")
+
+
+def set_slurm_options(conn: Connection, cluster_id: int, values: dict[str, str | None]) -> None:
+    """Partitions, QOS, preemption mode and key file of a Slurm cluster (docs/slurm.md)."""
+    allowed = {"normal_partition", "besteffort_partition", "besteffort_qos", "besteffort_mode", "jwt_key_file"}
+    unknown = set(values) - allowed
+    if unknown:
+        raise ValueError(f"not a Slurm cluster setting: {', '.join(sorted(unknown))}")
+    res = conn.execute(clusters.update().where(clusters.c.id == cluster_id).values(**values))
     if not res.rowcount:
         raise NotFound(f"Cluster {cluster_id} not found")
 

@@ -43,7 +43,7 @@ def _enum(name: str, *labels: str) -> sa.Enum:
     return sa.Enum(*labels, name=name, create_constraint=False, native_enum=True, validate_strings=False)
 
 
-API = _enum("api", "oar2_5", "g5k", "oar3", "local")
+API = _enum("api", "oar2_5", "g5k", "oar3", "local", "slurm")
 AUTH_TYPE = _enum("auth_type", "none", "password", "cert", "jwt")
 CAMPAIGN_STATE = _enum("campaign_state", "cancelled", "in_treatment", "paused", "terminated")
 JOB_STATE = _enum("job_state", "to_launch", "launching", "submitted", "running", "remote_waiting",
@@ -81,6 +81,13 @@ clusters = sa.Table(
     sa.Column("stress_factor", sa.Float, server_default="0"),
     sa.Column("enabled", sa.Boolean, server_default=sa.true()),
     sa.Column("container_engines", sa.String(255)),  # CiGri-py: engines offered (cigri.containers)
+    # CiGri-py: how best-effort is done where there is no OAR besteffort type, and a key to
+    # sign users' tokens with (Slurm: docs/slurm.md)
+    sa.Column("normal_partition", sa.String(255)),
+    sa.Column("besteffort_partition", sa.String(255)),
+    sa.Column("besteffort_qos", sa.String(255)),
+    sa.Column("besteffort_mode", sa.String(16)),
+    sa.Column("jwt_key_file", sa.String(255)),
 )
 
 users_mapping = sa.Table(

@@ -220,6 +220,16 @@ class Runner:
             start = db.max_remote_id(conn, self.cid) + 1
             props = db.properties(conn, {j.campaign_id for j in stuck}, self.cid)
         assert self.adapter is not None
+        try:
+            tagged = self._find_submitted(stuck)
+        except ClusterAPIError as e:
+            log.warning("Cannot reconcile launching jobs on %s: %s", self.name, e)
+            with self.engine.begin() as conn:
+                self._cluster_event(conn, e, "Reconciling launching jobs")
+            return False
+        if tagged is not None:
+            self._adopt(stuck, tagged, res)
+            return True
         expected: dict[int, str] = {}
         for j in stuck:
             expected[j.id] = " ".join(self._expected_command(j, props.get(j.campaign_id, {}), stuck).split())
@@ -238,16 +248,37 @@ class Runner:
             with self.engine.begin() as conn:
                 self._cluster_event(conn, e, "Reconciling launching jobs")
             return False
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             known = db.known_remote_ids(conn, [self.cid], list(found))
-            candidates = {rid: r for rid, r in sorted(found.items()) if rid not in known}
-            matches = self._match_launching(stuck, expected, candidates)
+        candidates = {rid: r for rid, r in sorted(found.items()) if rid not in known}
+        self._adopt(stuck, self._match_launching(stuck, expected, candidates), res)
+        return True
+
+    def _find_submitted(self, stuck: list[db.RunnerJob]) -> dict[int, int] | None:
+        """The adapter's own answer (jobs it tagged with their CiGri ids), per owner; None when
+        it cannot tell (the runner then matches commands)."""
+        assert self.adapter is not None
+        found: dict[int, int] = {}
+        for user in sorted({j.grid_user for j in stuck}):
+            got = self.adapter.find_submitted([j.id for j in stuck if j.grid_user == user], user)
+            if got is None:
+                return None
+            found.update(got)
+        return found
+
+    def _adopt(self, stuck: list[db.RunnerJob], matches: dict[int, int], res: CycleResult) -> None:
+        """Launching jobs found on the cluster become `submitted`; the others STUCK_LAUNCHING_JOB
+        events (colombo resubmits them). A remote id already recorded for another job is never
+        adopted twice."""
+        with self.engine.begin() as conn:
+            known = db.known_remote_ids(conn, [self.cid], list(matches.values()))
+            matches = {jid: rid for jid, rid in matches.items() if rid not in known}
             for j in stuck:
                 match = matches.get(j.id)
                 if match is not None:
                     change_state(conn, j.id, JobState.LAUNCHING, JobState.SUBMITTED, remote_id=match,
                                  submission_time=now())
-                    log.info("Adopted job %s: OAR had accepted it as %s before the runner stopped", j.id, match)
+                    log.info("Adopted job %s: the cluster had accepted it as %s before the runner stopped", j.id, match)
                 elif change_state(conn, j.id, JobState.LAUNCHING, JobState.EVENT):
                     create_event(conn, "job", "STUCK_LAUNCHING_JOB", job_id=j.id, cluster_id=self.cid,
                                  campaign_id=j.campaign_id,
@@ -256,7 +287,6 @@ class Runner:
                     res.events += 1
             if res.events:
                 self._wake(conn, "COLOMBO")
-        return True
 
     @staticmethod
     def _match_launching(stuck: list[db.RunnerJob], expected: dict[int, str],
@@ -412,13 +442,12 @@ class Runner:
         return lambda r: self._tail(r, user, n)
 
     def _tail(self, r: RemoteJob, user: str, n: int) -> str:
-        path = r.output_path("stderr")
-        if not path or self.adapter is None:
+        if self.adapter is None:
             return ""
         try:
-            return self.adapter.get_file(path, user, tail=n)
+            return self.adapter.stderr_tail(r, user, n)
         except ClusterAPIError as e:
-            log.warning("Could not read %s: %s", path, e)
+            log.warning("Could not read the stderr of job %s: %s", r.id, e)
             return ""
 
     def _subjob(self, j: db.RunnerJob, r: RemoteJob) -> dict[str, Any] | None:
@@ -535,7 +564,8 @@ class Runner:
             be = bool(j.runner_options.get("besteffort", True)) and j.runner_options.get("besteffort") != "false"
             if j.param_id in sbe:
                 be = False  # semi-best-effort: a task killed as best-effort runs as a normal job
-            grouping = bool(j.runner_options.get("temporal_grouping"))
+            # temporal grouping reads its sub-jobs' state files: not where the cluster serves no files
+            grouping = bool(j.runner_options.get("temporal_grouping")) and self.adapter.reads_files
             groups.setdefault((j.campaign_id, be, grouping), []).append(j)
         submitted_by_campaign: dict[int, int] = {}
         for key, group in groups.items():
@@ -626,7 +656,7 @@ class Runner:
         return JobRequest(command=f"export CIGRI_CAMPAIGN_ID={j.campaign_id};"
                           + script_command(_unescape(p.get(j.tag or "", ""))),
                           resources="resource_id=1", walltime=wall, name=f"cigri.{j.campaign_id}",
-                          types=c["types"], property=c["property"], project=c["project"])
+                          types=c["types"], property=c["property"], project=c["project"], job_ids=[j.id])
 
     def _directory(self, j: db.RunnerJob, p: dict[str, str]) -> str | None:
         d = p.get("exec_directory")
@@ -649,7 +679,7 @@ class Runner:
         return JobRequest(command=f"export CIGRI_CAMPAIGN_ID={j.campaign_id};{self._task_command(j, p)}",
                           params=[g.param for g in group], resources=p.get("resources") or "/resource_id=1",
                           walltime=p.get("walltime"), name=f"cigri.{j.campaign_id}",
-                          directory=self._directory(j, p), **c)
+                          directory=self._directory(j, p), job_ids=[g.id for g in group], **c)
 
     def _submit_batch(self, group: list[db.RunnerJob], p: dict[str, str], be: bool) -> int:
         with self.engine.begin() as conn:
@@ -662,7 +692,8 @@ class Runner:
         req = JobRequest(command=f"export CIGRI_CAMPAIGN_ID={j0.campaign_id};"
                          + script_command(self._batch_script(sorted(group, key=lambda g: g.id), p)),
                          resources=p.get("resources") or "/resource_id=1", walltime=p.get("walltime"),
-                         name=f"cigri.{j0.campaign_id}", directory=self._directory(j0, p), **c)
+                         name=f"cigri.{j0.campaign_id}", directory=self._directory(j0, p),
+                         job_ids=sorted(j.id for j in group), **c)
         return self._submit_group(group, req, "batch")
 
     def _submit_group(self, group: list[db.RunnerJob], req: JobRequest, kind: str) -> int:
@@ -681,6 +712,7 @@ class Runner:
             if kind == "array":
                 req.params = [g.param for g in group]
             ids = [j.id for j in group]
+            req.job_ids = ids if kind != "batch" else sorted(ids)
         try:
             remote_ids = self.adapter.submit(req, user)
         except ClusterAPIError as e:
