@@ -258,8 +258,8 @@ def test_admin_tools(server: Server, clusters: dict[str, int], pg_engine: Engine
     r = admin("newcluster", "tchernobyl", "https://frontend/oarapi-secured/", "cert", "kameleon", "kameleon", "",
               "tchernobyl", "oar2_5", "core", "100", "cluster='tchernobyl'")
     assert r.returncode == 0 and "Cluster tchernobyl added" in r.stdout, r.stderr
-    r = admin("newcluster", "x", "u", "none", "", "", "", "h", "slurm", "core", "1", "")
-    assert r.returncode == 1 and '"slurm" is not a valid batch system type. Valid types are: oar2_5' in r.stderr
+    r = admin("newcluster", "x", "u", "none", "", "", "", "h", "pbs", "core", "1", "")
+    assert r.returncode == 1 and '"pbs" is not a valid batch system type. Valid types are: oar2_5' in r.stderr
     assert admin("newcluster", "too", "few").returncode == 1
     r = admin("cigri-admin", "cluster", "add", "c9", "http://127.0.0.1:1/", "--batch", "oar3", "--auth", "jwt")
     assert r.returncode == 0
