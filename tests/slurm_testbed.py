@@ -12,11 +12,14 @@ end PREEMPTED), users alice and bob. Usage::
     def test_x():
         token = mint_token("alice")
 
-Tests that use the testbed hold /tmp/cigri-slurm.lock (see the team rules) and leave
-no job behind (`cancel_all`)."""
+Tests that use the testbed hold /tmp/cigri-slurm.lock for their session (taken by the
+probe when the run was not started under `flock` on it: some tests kill the testbed's
+daemons, which must never happen under another run's feet) and leave no job behind
+(`cancel_all`)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
@@ -74,7 +77,38 @@ def api_answers(timeout: float = 5.0) -> bool:
         return False
 
 
+LOCK = "/tmp/cigri-slurm.lock"
+_lock_fd: int | None = None
+
+
+def hold_lock(patience: float = 1800) -> None:
+    """Take /tmp/cigri-slurm.lock for the rest of this test session (the testbed is shared and
+    some tests kill its daemons), unless this process already runs under `flock` on it."""
+    global _lock_fd
+    if _lock_fd is not None:
+        return
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == LOCK:
+                return  # inherited from `flock /tmp/cigri-slurm.lock pytest ...`
+        except OSError:
+            continue
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    end = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_fd = fd
+            return
+        except BlockingIOError:
+            if time.monotonic() > end:
+                os.close(fd)
+                raise RuntimeError(f"{LOCK} still held by another test run after {patience:.0f} s") from None
+            time.sleep(1)
+
+
 def _probe_testbed() -> str | None:
+    hold_lock()
     if not ENV_FILE.exists() and os.environ.get("CIGRI_SLURM_TESTBED") != "1":
         return f"not set up (no {ENV_FILE})"
     if not os.access(jwt_key_file(), os.R_OK):

@@ -303,25 +303,6 @@ def test_preempted_besteffort_tasks_end_once_and_never_run_again(work: dict[str,
     assert all(j.outcome is Outcome.PREEMPTED and j.requeues <= 1 for j in a.get_jobs(ids).values())
 
 
-def test_node_failure_of_a_normal_job_is_a_loss(work: dict[str, Any]) -> None:
-    """A node going down under a normal job: Slurm requeues it (JobRequeue=1); the adapter
-    cancels that copy and reports the task lost (CiGri resubmits it)."""
-    a = work["a"]
-    rid = a.submit(JobRequest(command="sleep 600", name=NAME, job_ids=[7001]), "alice")[0]
-    j = wait_for(lambda: (lambda r: r if r.outcome is Outcome.RUNNING else None)(a.get_job(rid, "alice")),
-                 deadline=DEADLINE, what="running")
-    node = j.raw["nodes"]
-    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=cigri-contract-test"],
-                   check=True, capture_output=True, env=dict(os.environ, SLURM_CONF="/etc/slurm/slurm.conf"))
-    try:
-        got = wait_ended(a, [rid])[rid]
-        assert got.outcome is Outcome.LOST and got.requeues >= 1
-    finally:
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True,
-                       env=dict(os.environ, SLURM_CONF="/etc/slurm/slurm.conf"))
-        wait_for(lambda: all(r["state"] == "Alive" for r in a.get_resources()), deadline=120, what="node back")
-
-
 def test_server_down_is_a_connection_error(work: dict[str, Any]) -> None:
     a = work["a"]
     rest_stop()
@@ -341,8 +322,28 @@ def test_remote_ids_are_array_and_index() -> None:
 
 
 def test_time_limit_ends_as_walltime(work: dict[str, Any]) -> None:
-    """Last in the module: its job was submitted first and needs 60-90 s (Slurm checks limits every 30 s)."""
+    """Late in the module: its job was submitted first and needs 60-90 s (Slurm checks limits every 30 s)."""
     a, rid = work["a"], work["walltime"]
     j = wait_ended(a, [rid], deadline=300)[rid]
     assert (j.outcome, j.raw_state) == (Outcome.WALLTIME, "TIMEOUT")
     assert j.raw["time_limit"] == 1
+
+
+def test_node_failure_of_a_normal_job_is_a_loss(work: dict[str, Any]) -> None:
+    """A node going down under a normal job: Slurm requeues it (JobRequeue=1); the adapter
+    cancels that copy and reports the task lost (CiGri resubmits it). Last: the node's other
+    jobs (the time-limit one) would be requeued too."""
+    a = work["a"]
+    rid = a.submit(JobRequest(command="sleep 600", name=NAME, job_ids=[7001]), "alice")[0]
+    j = wait_for(lambda: (lambda r: r if r.outcome is Outcome.RUNNING else None)(a.get_job(rid, "alice")),
+                 deadline=DEADLINE, what="running")
+    node = j.raw["nodes"]
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=cigri-contract-test"],
+                   check=True, capture_output=True, env=dict(os.environ, SLURM_CONF="/etc/slurm/slurm.conf"))
+    try:
+        got = wait_ended(a, [rid])[rid]
+        assert got.outcome is Outcome.LOST and got.requeues >= 1
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True,
+                       env=dict(os.environ, SLURM_CONF="/etc/slurm/slurm.conf"))
+        wait_for(lambda: all(r["state"] == "Alive" for r in a.get_resources()), deadline=120, what="node back")
