@@ -239,7 +239,7 @@ def to_property(block: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------ the command
-_DQ_TOKEN = re.compile(r"\\\$|\$\{\w+\}|\$\w+|[\\\"`$]")
+_DQ_TOKEN = re.compile(r"\\\$|\$\{[A-Za-z_]\w*\}|\$[A-Za-z_]\w*|[\\\"`$]")
 
 
 def _dq(text: str) -> str:
@@ -329,6 +329,8 @@ def _bash_lines(block: Mapping[str, Any], exec_file: str, exec_directory: str | 
         for i, b in enumerate(binds):
             L.append(f'a+=(-v "$s{i}:$d{i}{":ro" if b.readonly else ""}")')
         target = '--rootfs "$img:O"' if path_image else '"$img"'
+        if path_image:
+            L.append('cigri_path "$img"')
         L.append(f'{binary} "${{a[@]}}" {options} {target} {run}')
         L.append("rc=$?")
         if not path_image:

@@ -50,7 +50,7 @@ def test_apptainer_and_singularity(root_node: Node, stubs: dict[str, str], engin
     node = root_node
     rc, err, calls = run(node, stubs, {
         "engine": engine, "image": f"{node.image}", "bind": [f"{node.root}/data:/data:ro", f"{node.root}/data"],
-        "env": {"GREETING": "hi, $USER `id` $(id) \"q\" 'x'"}, "options": ["--nv", "--env-file", "~/f"]})
+        "env": {"GREETING": "hi, $USER `id` $(id) $1 ${2} \\$USER \"q\" 'x'"}, "options": ["--nv", "--env-file", "~/f"]})
     assert (rc, err) == (0, "")
     [call] = calls
     wd = str(node.runs)
@@ -60,7 +60,7 @@ def test_apptainer_and_singularity(root_node: Node, stubs: dict[str, str], engin
         "--nv", "--env-file", f"{node.home}/f", str(node.image), "/opt/demo/bin/run.sh", "one", "two words", node.home]
     assert call["cwd"] == wd
     assert call["env"] == {f"{prefix}CIGRI_CAMPAIGN_ID": "42", f"{prefix}OAR_JOB_ID": "7",
-                           f"{prefix}GREETING": "hi, root `id` $(id) \"q\" 'x'"}
+                           f"{prefix}GREETING": "hi, root `id` $(id) $1 ${2} $USER \"q\" 'x'"}
 
 
 def test_apptainer_image_uri_is_not_checked_on_the_node(root_node: Node, stubs: dict[str, str]) -> None:
