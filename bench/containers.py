@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import resource
 import shutil
 import statistics
 import subprocess
@@ -112,27 +113,34 @@ def measure(args: argparse.Namespace, prefix: list[str], env: dict[str, str], ba
         if raw:
             variants[f"{engine} (bare engine)"] = raw
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    load0 = os.getloadavg()[0]
     for i in range(args.n):
         for name, cmd in variants.items():
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             r = sh(f"export CIGRI_CAMPAIGN_ID=1;{cmd} t{i} 1", work)
             dt = time.perf_counter() - t
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             if r.returncode:
                 print(f"{name}: exit {r.returncode}: {r.stderr.strip()[-300:]}", file=sys.stderr)
                 return 1
             times[name].append(dt * 1000)
+            cpu[name].append((c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) * 1000)
     limit = statistics.median(times["none (the task itself)"])
+    limit_cpu = statistics.median(cpu["none (the task itself)"])
     print(f"Per-task cost, {args.n} runs of each (interleaved), as {env['USER']}, load "
-          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(f"{'variant':32} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} {'overhead ms':>12}")
+          f"{load0:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"{'variant':32} {'wall ms':>8} {'p10':>6} {'p90':>6} {'overhead':>9} {'cpu ms':>7} {'overhead':>9}")
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=10)
-        med = statistics.median(ts)
-        print(f"{name:32} {med:10.1f} {q[0]:8.1f} {q[-1]:8.1f} {med - limit:12.1f}")
+        med, mcpu = statistics.median(ts), statistics.median(cpu[name])
+        print(f"{name:32} {med:8.1f} {q[0]:6.1f} {q[-1]:6.1f} {med - limit:9.1f} {mcpu:7.1f} {mcpu - limit_cpu:9.1f}")
     for engine, why in skipped.items():
         print(f"{engine:32} not measured: {why}")
-    print(f"limit: 'none' is the same task as its own process ({limit:.1f} ms); "
-          "overhead = median minus that limit")
+    print(f"limit: 'none' is the same task as its own process ({limit:.1f} ms wall, {limit_cpu:.1f} ms cpu); "
+          "overhead = median minus that limit; cpu = user+sys of the processes the command waited for "
+          "(podman's conmon is not counted)")
     return 0
 
 

@@ -416,18 +416,21 @@ def _bwrap(binds: list[Bind], env: dict[str, str]) -> list[str]:
 
 
 def task_function(block: Mapping[str, Any], exec_file: str, exec_directory: str | None = None,
-                  name: str = "cigri_task") -> str:
-    """bash defining `name`: run exec_file with the function's arguments in the container."""
+                  name: str = "cigri_task", subshell: bool = True) -> str:
+    """bash defining `name`: run exec_file with the function's arguments in the container. Its
+    body runs in a subshell (its `exit` ends that task only, as a batch script needs) unless
+    `subshell` is False (the script is the task: one process less)."""
     engine = block["engine"]
     body = "\n".join("  " + line for line in _bash_lines(block, exec_file, exec_directory))
+    opening, closing = ("(", ")") if subshell else ("{", "}")
     return ("cigri_cerr() { printf 'cigri: container error [%s]: %s (" + engine + ", node %s)\\n' "
             '"$1" "$2" "${HOSTNAME:-unknown}" >&2; }\n'
-            f"{name}() (\n{body}\n)\n")
+            f"{name}() {opening}\n{body}\n{closing}\n")
 
 
 def task_script(block: Mapping[str, Any], exec_file: str, exec_directory: str | None = None) -> str:
     """bash running exec_file in the container with the script's arguments ("$@")."""
-    return task_function(block, exec_file, exec_directory) + 'cigri_task "$@"\n'
+    return task_function(block, exec_file, exec_directory, subshell=False) + 'cigri_task "$@"\n'
 
 
 def wrap_command(block: Mapping[str, Any], exec_directory: str | None, exec_file: str,

@@ -50,7 +50,8 @@ def test_apptainer_and_singularity(root_node: Node, stubs: dict[str, str], engin
     node = root_node
     rc, err, calls = run(node, stubs, {
         "engine": engine, "image": f"{node.image}", "bind": [f"{node.root}/data:/data:ro", f"{node.root}/data"],
-        "env": {"GREETING": "hi, $USER `id` $(id) $1 ${2} \\$USER \"q\" 'x'"}, "options": ["--nv", "--env-file", "~/f"]})
+        "env": {"GREETING": "hi, $USER `id` $(id) $1 ${2} \\$USER \"q\" 'x'"},
+        "options": ["--nv", "--env-file", "~/f"]})
     assert (rc, err) == (0, "")
     [call] = calls
     wd = str(node.runs)
