@@ -61,7 +61,8 @@ def cli(infos: bool, more: bool, usage: bool, bars: bool, as_json: bool) -> int:
     for c in items:
         cid = int(c["id"])
         d = details.get(cid, {})
-        line = f"{cid}: {safe(c['name'])}"
+        batch = c.get("batch") or d.get("batch")
+        line = f"{cid}: {safe(c['name'])}" + (f" ({safe(batch)})" if batch else "")
         if infos:
             line += f" , {safe(d.get('ssh_host'))} (stress:{safe(d.get('stress_factor'))}"
             line += ", BLACKLISTED" if d.get("blacklisted") else ""

@@ -393,20 +393,24 @@ class SlurmAdapter(ClusterAdapter):
         self.http = SlurmSession(ClusterInfo(**{**cluster.__dict__, "api_url": base + "/"}), conf, self._headers)
         self._key: bytes | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
+        self._owners: dict[str, str] = {}  # cluster login -> the grid user whose token names it
         self._lock = threading.Lock()
         self.stderr_lines = int(_conf_get(conf, "STDERR_TAIL", 5))
 
     # ------------------------------------------------------------------ identity
 
     def _login(self, user: str) -> str:
-        """The cluster login of a grid user: users_mapping's cluster_login when it is a login,
-        the `sun` of the user's registered token, else the grid login itself."""
+        """The cluster login of a grid user. Signing tokens: the login an admin mapped it to in
+        users_mapping (never a value registered with gridtoken, which users control), else the
+        grid login. Registered tokens: the `sun` of the user's own token, else the grid login."""
         mapped = (self.mapping.get(user) or "").strip()
-        if mapped and not _looks_like_token(mapped):
-            return mapped
+        registered = mapped.lower().startswith("bearer ") or _looks_like_token(mapped)
+        if self.cluster.jwt_key_file:
+            return mapped if mapped and not registered else user
         if mapped:
             sun = _token_claims(mapped).get("sun")
             if isinstance(sun, str) and sun:
+                self._owners[sun] = user
                 return sun
         return user
 
@@ -442,7 +446,8 @@ class SlurmAdapter(ClusterAdapter):
             with self._lock:
                 self._tokens[login] = (token, now + TOKEN_LIFESPAN)
             return token
-        for grid_login, value in self.mapping.items():
+        owner = self._owners.get(login, login)  # the user's own token first
+        for grid_login, value in sorted(self.mapping.items(), key=lambda kv: kv[0] != owner):
             token = _bare_token(value)
             if token and _token_claims(value).get("sun", grid_login) == login:
                 exp = _token_claims(value).get("exp")
@@ -833,8 +838,10 @@ def _looks_like_token(value: str) -> bool:
 
 
 def _bare_token(value: str) -> str:
+    """The JWT of a registered value ("Bearer <jwt>", or scontrol's "SLURM_JWT=<jwt>" pasted whole)."""
     v = (value or "").strip()
-    return v[7:].strip() if v.lower().startswith("bearer ") else v
+    v = v[7:].strip() if v.lower().startswith("bearer ") else v
+    return v[10:].strip() if v.startswith("SLURM_JWT=") else v
 
 
 def _token_claims(value: str) -> dict[str, Any]:

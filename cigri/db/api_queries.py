@@ -237,6 +237,12 @@ def enabled_cluster_names(conn: Connection) -> dict[int, str]:
     return {int(i): n for i, n in conn.execute(q)}
 
 
+def enabled_cluster_batches(conn: Connection) -> dict[int, str]:
+    """id -> batch type of the enabled clusters."""
+    q = sa.select(clusters.c.id, clusters.c.batch).where(clusters.c.enabled.is_(True))
+    return {int(i): str(b) for i, b in conn.execute(q)}
+
+
 def all_cluster_names(conn: Connection) -> dict[int, str]:
     return {int(i): n for i, n in conn.execute(sa.select(clusters.c.id, clusters.c.name))}
 

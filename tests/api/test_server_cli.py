@@ -203,8 +203,8 @@ def test_other_commands(server: Server, clusters: dict[str, int], pg_engine: Eng
     r = server.run("gridnotify", "-m", "alice@example.org", "-u", user="alice")
     assert r.returncode == 0
     r = server.run("gridclusters", user="alice")
-    assert r.stdout.splitlines() == [f"{clusters['dahu']}: dahu", f"{clusters['bigfoot']}: bigfoot",
-                                     f"{clusters['dahu-oar3']}: dahu-oar3"]
+    assert r.stdout.splitlines() == [f"{clusters['dahu']}: dahu (oar2_5)", f"{clusters['bigfoot']}: bigfoot (oar2_5)",
+                                     f"{clusters['dahu-oar3']}: dahu-oar3 (oar3)"]
     with pg_engine.begin() as c:
         c.execute(schema.grid_usage.insert().values(date=schema.now(), cluster_id=clusters["dahu"], max_resources=80,
                                                     used_resources=40, used_by_cigri=20, unavailable_resources=8))

@@ -221,6 +221,18 @@ def test_tokens_registered_by_users(work: dict[str, Any]) -> None:
     assert not bad.check_api()
     for secret in (forged, expired):
         assert secret not in str(good.__dict__.get("_tokens"))
+    pasted = adapter({"alice": "Bearer SLURM_JWT=" + mint_token("alice")}, **no_key)  # `scontrol token` output as is
+    assert pasted.get_job(rid, "alice").outcome is Outcome.DONE
+
+
+def test_a_registered_token_never_changes_whom_signed_tokens_act_as(work: dict[str, Any]) -> None:
+    """With the signing key, CiGri acts as the cluster login an admin mapped (or the grid login):
+    a token alice registers with gridtoken (naming bob) is ignored, it cannot make CiGri act as bob."""
+    a = adapter({"alice": "Bearer " + mint_token("bob"), "carol": "alice"})
+    rid = a.submit(JobRequest(command="true", name=NAME, job_ids=[4101]), "alice")[0]
+    assert wait_ended(a, [rid])[rid].owner == "alice"
+    rid = a.submit(JobRequest(command="true", name=NAME, job_ids=[4102]), "carol")[0]  # admin's mapping
+    assert wait_ended(a, [rid])[rid].owner == "alice"
 
 
 def test_signed_tokens_and_a_key_that_cannot_be_read(work: dict[str, Any], tmp_path: Path) -> None:

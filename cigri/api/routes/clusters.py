@@ -31,8 +31,9 @@ def adapter_for(api: Api, info: Any, mapping: dict[str, str]) -> Any:
 def clusters(request: Request, api: ApiDep, pretty_: str | None = Query(None, alias="pretty")) -> Response:
     with api.engine.connect() as conn:
         names = Q.enabled_cluster_names(conn)
-    items = [{"id": i, "name": n, "links": [link(request, "self", f"/clusters/{i}"),
-                                             link(request, "parent", "/clusters")]}
+        batches = Q.enabled_cluster_batches(conn)
+    items = [{"id": i, "name": n, "batch": batches.get(i), "links": [link(request, "self", f"/clusters/{i}"),
+                                                                      link(request, "parent", "/clusters")]}
              for i, n in sorted(names.items())]
     return render(request, 200, {"items": items, "total": len(items),
                                  "links": [link(request, "self", "/clusters"), link(request, "parent", "/")]},
