@@ -63,14 +63,23 @@ def main() -> int:
     env = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name, "LANG": "C.UTF-8",
            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
            "CIGRI_CAMPAIGN_ID": "1", "OAR_JOB_ID": "1"}
-    # rootless podman: a short runtime directory of the user (conmon's socket paths)
+    # rootless podman: its configuration, image store and runtime files in this run's directory
+    # (nothing left in the user's home; podman pins them in its database at first use), with a
+    # short runtime path (conmon's socket paths must fit in 108 bytes)
     run_dir = base / "run"
-    run_dir.mkdir(mode=0o700)
-    env["XDG_RUNTIME_DIR"] = str(run_dir) if args.user else os.environ.get("XDG_RUNTIME_DIR", "")
+    xdg = {"XDG_RUNTIME_DIR": run_dir, "XDG_CONFIG_HOME": base / "config", "XDG_DATA_HOME": base / "data"}
+    for d in xdg.values():
+        d.mkdir(mode=0o700)
+    (base / "config" / "containers").mkdir()
+    (base / "config" / "containers" / "storage.conf").write_text('[storage]\ndriver = "overlay"\n')
+    if shutil.which("podman") and not shutil.which("crun"):  # hosts without systemd and crun (this one)
+        (base / "config" / "containers" / "containers.conf").write_text(
+            '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
+    env |= {k: str(v) for k, v in xdg.items()}
     prefix: list[str] = []
     if args.user:
         prefix = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
-        for p in (base, run_dir):
+        for p in (base, *xdg.values(), base / "config" / "containers"):
             shutil.chown(p, pw.pw_name, pw.pw_name)
     try:
         return measure(args, prefix, env, base, demo)
