@@ -23,6 +23,11 @@ ALTER TABLE clusters ADD COLUMN IF NOT EXISTS besteffort_qos VARCHAR(255);
 ALTER TABLE clusters ADD COLUMN IF NOT EXISTS besteffort_mode VARCHAR(16);
 ALTER TABLE clusters ADD COLUMN IF NOT EXISTS jwt_key_file VARCHAR(255);
 
+-- Why the cluster killed a job (preempted, walltime, killed, lost): read by the
+-- resubmission-rate rule (best-effort kills are not the campaign's fault) and by
+-- semi-best-effort campaigns, never parsed back from an event message.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS kill_cause VARCHAR(32);
+
 -- Real batch identifiers for grouped submissions (spec 15.2 #12).
 CREATE SEQUENCE IF NOT EXISTS batch_id_seq;
 

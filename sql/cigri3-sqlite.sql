@@ -108,7 +108,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   resources_used INTEGER,
   remote_id BIGINT,
   tag VARCHAR(255),
-  runner_options TEXT
+  runner_options TEXT,
+  kill_cause VARCHAR(32)
 );
 CREATE INDEX IF NOT EXISTS jobs_idx_campaign_id ON jobs (campaign_id);
 CREATE INDEX IF NOT EXISTS jobs_idx_state ON jobs (state);

@@ -17,24 +17,30 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from cigri.errors import CigriError
+from cigri.sanitize import clean_text
 
 # ----------------------------------------------------------------------------- errors
 
 
 class ClusterAPIError(CigriError):
     """A failed call to a cluster. `code` is the event code to record (None: record nothing);
-    `event_open` says whether the event is created open (blacklists) or closed (log only)."""
+    `event_open` says whether the event is created open (blacklists) or closed (log only).
+    `ambiguous`: the cluster may have carried the request out (its answer was lost, cut
+    short or unreadable): a submission must then be reconciled, never taken as refused."""
 
     default_code: ClassVar[str | None] = None
     default_open: ClassVar[bool] = True
+    default_ambiguous: ClassVar[bool] = False
 
     def __init__(self, message: str, code: str | None = None, event_open: bool | None = None,
-                 status: int | None = None, body: str | None = None) -> None:
+                 status: int | None = None, body: str | None = None, ambiguous: bool | None = None) -> None:
+        message = clean_text(message, 4000)  # it quotes answers and files: junk never reaches an event
         super().__init__(message)
         self.code = code if code is not None else self.default_code
         self.event_open = self.default_open if event_open is None else event_open
         self.status = status
-        self.body = body
+        self.body = clean_text(body, 4000) if body is not None else None
+        self.ambiguous = self.default_ambiguous if ambiguous is None else ambiguous
 
 
 class ClusterAPITimeout(ClusterAPIError):
@@ -43,6 +49,7 @@ class ClusterAPITimeout(ClusterAPIError):
 
 class ClusterAPITimeoutPOST(ClusterAPITimeout):
     default_code = "POST_TIMEOUT"
+    default_ambiguous = True
 
 
 class ClusterAPIConnectionError(ClusterAPIError):

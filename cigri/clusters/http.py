@@ -36,6 +36,7 @@ from cigri.clusters.base import (
     ClusterInfo,
     TokenNotFound,
 )
+from cigri.sanitize import clean_json, clean_text, json_needs_cleaning
 
 log = logging.getLogger("cigri.clusters")
 
@@ -64,8 +65,9 @@ class RestSession:
     """HTTP client of one cluster API. Paths are relative to `api_url` (URI merge)."""
 
     def __init__(self, cluster: ClusterInfo, conf: Any = None, mapping: Mapping[str, str] | None = None,
-                 jwt_allowed: bool = False) -> None:
+                 jwt_allowed: bool = False, retry_web_server_errors: bool = True) -> None:
         self.cluster = cluster
+        self.retry_web_server_errors = retry_web_server_errors
         self.conf = conf
         self.mapping: dict[str, str] = dict(mapping or {})
         self.jwt_allowed = jwt_allowed
@@ -190,13 +192,18 @@ class RestSession:
                 if idempotent and attempt == 1 and err.code == "CONNECTION_RESET":
                     continue
                 raise err from exc
-            if (resp.status_code in (500, 502, 503) and attempt == 1 and not _is_json(resp)
-                    and (idempotent or resp.elapsed.total_seconds() < FAST_FAILURE)):
+            if (self.retry_web_server_errors and resp.status_code in (500, 502, 503) and attempt == 1
+                    and not _is_json(resp) and (idempotent or resp.elapsed.total_seconds() < FAST_FAILURE)):
                 # Apache's own error page, not the API's: with mod_fcgid this is a FastCGI process
                 # that exited after its previous request (OAR 2.5 exits on errors) and was handed
                 # ours; the script never ran. Retry once (a POST only when it failed that fast).
                 log.info("%s %s: transient %s from the web server, retrying once", method, url, resp.status_code)
                 continue
+            if resp.status_code >= 500:
+                # a server may close the connection after a 5xx without saying so (uvicorn):
+                # never send the next request on it
+                resp.close()
+                self.close()
             return self._response(resp, method, url, default_code, raw)
 
     def get(self, path: str, **kw: Any) -> Any:
@@ -206,15 +213,16 @@ class RestSession:
         status = resp.status_code
         if 200 <= status < 300:
             if raw:
-                return resp.content.decode("utf-8", errors="replace")
+                return clean_text(resp.content.decode("utf-8", errors="replace"), limit=None)
             if not resp.content.strip():
                 return {}
             try:
-                return json.loads(resp.content)  # bytes: UTF-8 whatever charset OAR 2.5 claims (latin-1)
+                data = json.loads(resp.content)  # bytes: UTF-8 whatever charset OAR 2.5 claims (latin-1)
             except ValueError as exc:
                 raise ClusterAPIError(f"{method} {url}: the cluster API answered {status} with a body that "
                                       f"is not JSON: {_snippet(resp)}", code=default_code, event_open=True,
-                                      status=status, body=_snippet(resp)) from exc
+                                      status=status, body=_snippet(resp), ambiguous=True) from exc
+            return clean_json(data) if json_needs_cleaning(resp.content) else data
         body = _snippet(resp)
         msg = f"{status} error in {method} for {url}: {body}"
         if status == 400:
@@ -228,7 +236,8 @@ class RestSession:
         if status == 413 and method == "POST":
             raise ClusterAPITooLarge(msg, status=status, body=body)
         if status >= 500:
-            raise ClusterAPIServerError(msg, status=status, body=body)
+            # a gateway's 502/504 says nothing of what the API behind it did with the request
+            raise ClusterAPIServerError(msg, status=status, body=body, ambiguous=status in (502, 504))
         raise ClusterAPIError(msg, code=default_code, event_open=True, status=status, body=body)
 
     def _network_error(self, exc: Exception, method: str, url: str, default_code: str) -> ClusterAPIError:
@@ -256,10 +265,12 @@ class RestSession:
                 return ClusterAPITimeout(f"{method} {url}: REST query timeouted! (ETIMEDOUT)")
             else:
                 code = "SOCKET_ERROR"
+            # once the request was sent, a reset may come after the cluster carried it out
             return ClusterAPIConnectionError(f"{method} {url}: {code.lower().replace('_', ' ')}: {_short(exc)}",
-                                             code=code)
+                                             code=code, ambiguous=code == "CONNECTION_RESET")
+        # an answer cut short (ChunkedEncodingError) or undecodable: the request was carried out or not
         return ClusterAPIError(f"{method} {url}: {type(exc).__name__}: {_short(exc)}", code=default_code,
-                               event_open=True)
+                               event_open=True, ambiguous=True)
 
     # ------------------------------------------------------------------ collections
 
@@ -333,12 +344,11 @@ def _snippet(resp: requests.Response) -> str:
                 text = " - ".join(parts)
     except ValueError:
         pass
-    text = " ".join(text.split())
-    return text[:BODY_IN_MESSAGE]
+    return clean_text(" ".join(text.split()), BODY_IN_MESSAGE)
 
 
 def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
+    return clean_text(" ".join(str(exc).split()), 300)
 
 
 def _find(exc: BaseException, types: tuple[type, ...]) -> Any:

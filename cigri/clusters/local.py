@@ -31,6 +31,7 @@ from cigri.clusters.base import (
 )
 from cigri.localexec import store
 from cigri.localexec.store import Record, Store, expand_dir, now, parse_resources, parse_walltime
+from cigri.sanitize import clean_text
 
 
 def state_dir_for(api_url: str | None, conf: Any = None) -> Path:
@@ -240,7 +241,7 @@ class LocalAdapter(ClusterAdapter):
             if st.st_uid != self._uid(user):
                 raise ClusterAPIForbidden(f"{path} does not belong to {user}: not served")
             data = _tail_bytes(f, tail) if tail and tail > 0 else f.read()
-        return data.decode("utf-8", errors="replace")
+        return clean_text(data.decode("utf-8", errors="replace"), limit=None)
 
     def _uid(self, user: str) -> int:
         """The local account of a grid user (tasks only ever run as the executor's user)."""

@@ -164,10 +164,14 @@ class Oar25Adapter(ClusterAdapter):
     batch = "oar2_5"
     style = "oar2_5"  # pagination style
     jwt_allowed = False
+    #: Apache + mod_fcgid may hand a request to a FastCGI process that just exited: its
+    #: non-JSON 5xx is retried once (the OAR script never ran)
+    retry_web_server_errors = True
 
     def __init__(self, cluster: Any, conf: Any = None, mapping: Any = None) -> None:
         super().__init__(cluster, conf, mapping)
-        self.http = RestSession(cluster, conf, self.mapping, jwt_allowed=self.jwt_allowed)
+        self.http = RestSession(cluster, conf, self.mapping, jwt_allowed=self.jwt_allowed,
+                                retry_web_server_errors=self.retry_web_server_errors)
 
     def set_mapping(self, mapping: Any) -> None:
         super().set_mapping(mapping)
@@ -255,7 +259,7 @@ class Oar25Adapter(ClusterAdapter):
         first = _int_or_none(answer.get("id")) if isinstance(answer, dict) else None
         if first is None:
             raise ClusterAPIError(f"Submission to {self.cluster.name} returned no job id: {str(answer)[:300]}",
-                                  code="SUBMIT_JOB", event_open=True)
+                                  code="SUBMIT_JOB", event_open=True, ambiguous=True)
         wanted = len(positions) or 1
         if "param_file" not in body:
             return [first]
@@ -268,7 +272,7 @@ class Oar25Adapter(ClusterAdapter):
                                                style=self.style), key=lambda j: int(j.get("id", 0)))
         if len(jobs) != wanted:
             raise ClusterAPIError(f"Array job {first} on {self.cluster.name} has {len(jobs)} sub-jobs for "
-                                  f"{wanted} parameters", code="SUBMIT_JOB", event_open=True)
+                                  f"{wanted} parameters", code="SUBMIT_JOB", event_open=True, ambiguous=True)
         lines = [request.params[i] for i in positions]
         for job, line in zip(jobs, lines, strict=True):
             if not str(job.get("command") or "").endswith(" " + line):

@@ -30,6 +30,9 @@ class Oar3Adapter(Oar25Adapter):
     batch = "oar3"
     style = "oar3"
     jwt_allowed = True
+    #: uvicorn answers 500 for the request that failed and closes the connection (without
+    #: `Connection: close`): a 500 is that request's answer, never retried
+    retry_web_server_errors = False
 
     def _job_path(self, remote_id: int) -> str:
         return f"jobs/{int(remote_id)}"
@@ -77,7 +80,7 @@ class Oar3Adapter(Oar25Adapter):
         first = _int_or_none(answer.get("id")) if isinstance(answer, dict) else None
         if first is None:
             raise ClusterAPIError(f"Submission to {self.cluster.name} returned no job id: {str(answer)[:300]}",
-                                  code="SUBMIT_JOB", event_open=True)
+                                  code="SUBMIT_JOB", event_open=True, ambiguous=True)
         if "param_file" not in body:
             return [first]
         path, params = self._array_query(first)
@@ -86,11 +89,12 @@ class Oar3Adapter(Oar25Adapter):
         jobs = sorted(jobs, key=lambda j: (_int_or_none(j.get("array_index")) or 0, int(j.get("id", 0))))
         if len(jobs) != len(positions):
             raise ClusterAPIError(f"Array job {first} on {self.cluster.name} has {len(jobs)} sub-jobs for "
-                                  f"{len(positions)} parameters", code="SUBMIT_JOB", event_open=True)
+                                  f"{len(positions)} parameters", code="SUBMIT_JOB", event_open=True, ambiguous=True)
         return [int(j["id"]) for j in jobs]
 
     def _check_delete_answer(self, remote_id: int, answer: Any) -> None:
-        """OAR 3 answers 200 even when oardel failed: look at exit_status."""
+        """OAR 3 answers 200 even when oardel failed: look at exit_status (1: not the job's
+        owner, 6: already finished or killed, 7: no such job)."""
         if not isinstance(answer, dict):
             return
         status = _int_or_none(answer.get("exit_status"))
@@ -100,6 +104,6 @@ class Oar3Adapter(Oar25Adapter):
         if _ALREADY_DONE.search(out):
             return
         msg = f"DELETE job {remote_id} on {self.cluster.name} failed (exit_status {status}): {' '.join(out.split())}"
-        if "not exist" in out or "unknown" in out.lower():
+        if status == 7 or "not exist" in out or "unknown" in out.lower():  # 7: no such job
             raise ClusterAPINotFound(msg, body=out)
         raise ClusterAPIBadRequest(msg, body=out)

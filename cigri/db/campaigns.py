@@ -87,3 +87,17 @@ def count_active_jobs(conn: Connection, campaign_id: int, states: tuple[str, ...
     q = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.campaign_id == campaign_id,
                                                            jobs.c.state.in_(states))
     return int(conn.execute(q).scalar_one())
+
+
+def max_resubmit_setting(conn: Connection, campaign_id: int) -> Any:
+    """The campaign's `max_resubmit` as given (property, else JDL field), None when unset."""
+    v = conn.execute(sa.select(campaign_properties.c.value).where(
+        campaign_properties.c.campaign_id == campaign_id, campaign_properties.c.name == "max_resubmit")
+        .limit(1)).scalar()
+    if v is not None:
+        return v
+    jdl = conn.execute(sa.select(campaigns.c.jdl).where(campaigns.c.id == campaign_id)).scalar()
+    try:
+        return json.loads(jdl).get("max_resubmit") if jdl else None
+    except (ValueError, AttributeError):
+        return None

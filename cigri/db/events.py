@@ -1,4 +1,4 @@
-"""Events (spec §3.5, §9.6): creation, closing, and the blacklist queries everyone needs."""
+"""Events: creation, closing, the blacklist queries everyone needs and colombo's queries."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.db.engine import is_sqlite
 from cigri.db.schema import events, now
+from cigri.sanitize import clean_text
 
 EVENT_CLASSES = ("cluster", "job", "campaign", "notify", "log")
 
@@ -17,11 +19,13 @@ def create_event(conn: Connection, class_: str, code: str, *, state: str = "open
                  job_id: int | None = None, cluster_id: int | None = None, campaign_id: int | None = None,
                  parent: int | None = None, message: str | None = None, checked: str = "no",
                  notified: bool = False) -> int:
-    """Insert one event and return its id. Closed events get date_closed at once."""
+    """Insert one event and return its id. Closed events get date_closed at once. The message
+    often quotes outside text (task output, cluster answers): it is cleaned here once more."""
     t = now()
     values: dict[str, Any] = {
         "class": class_, "code": code[:32], "state": state, "job_id": job_id, "cluster_id": cluster_id,
-        "campaign_id": campaign_id, "parent": parent, "message": message, "checked": checked,
+        "campaign_id": campaign_id, "parent": parent, "checked": checked,
+        "message": clean_text(message) if message is not None else None,
         "notified": notified, "date_open": t, "date_update": t,
         "date_closed": t if state == "closed" else None,
     }
@@ -84,3 +88,84 @@ def campaign_blacklists(conn: Connection, cluster_id: int | None = None) -> dict
     for cl, ca, code in conn.execute(q):
         out.setdefault((int(cl), int(ca)), []).append(code or "")
     return out
+
+
+# ------------------------------------------------------------------ colombo's queries
+
+
+def _undecided(skip_codes: Iterable[str]) -> Any:
+    return sa.and_(events.c.state == "open", events.c.checked == "no",
+                   events.c["class"].in_(["cluster", "job", "campaign"]), events.c.code.notin_(list(skip_codes)))
+
+
+def lock_undecided(conn: Connection, skip_codes: Iterable[str], ids: list[int] | None,
+                   limit: int) -> list[dict[str, Any]]:
+    """Open unchecked cluster/job/campaign events, oldest first, locked so that two colombos
+    never take the same one (`SKIP LOCKED`; SQLite has a single writer)."""
+    q = sa.select(events).where(_undecided(skip_codes)).order_by(events.c.id).limit(limit)
+    if ids is not None:
+        if not ids:
+            return []
+        q = q.where(events.c.id.in_(ids))
+    if not is_sqlite(conn):
+        q = q.with_for_update(skip_locked=True)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def has_undecided(conn: Connection, skip_codes: Iterable[str]) -> bool:
+    return conn.execute(sa.select(events.c.id).where(_undecided(skip_codes)).limit(1)).first() is not None
+
+
+def append_message(conn: Connection, event_id: int, text: str) -> None:
+    conn.execute(events.update().where(events.c.id == event_id).values(
+        message=sa.func.coalesce(events.c.message, "") + text))
+
+
+def lift_blacklists(conn: Connection) -> int:
+    """Close (and check) every open BLACKLIST whose parent event is closed or gone."""
+    parent = events.alias("p")
+    open_parent = sa.exists(sa.select(parent.c.id).where(parent.c.id == events.c.parent,
+                                                         parent.c.state == "open"))
+    t = now()
+    res = conn.execute(events.update().where(events.c.code == "BLACKLIST", events.c.state == "open", ~open_parent)
+                       .values(state="closed", checked="yes", date_closed=t, date_update=t))
+    return int(res.rowcount or 0)
+
+
+def take_autofixable(conn: Connection, codes: Iterable[str], not_after: Any) -> dict[int, list[int]]:
+    """Cluster id -> its open events of these codes not probed since `not_after`, marked
+    checked now (which refreshes date_update: one probe per delay, one colombo per event)."""
+    q = sa.select(events.c.id, events.c.cluster_id).where(
+        events.c.state == "open", events.c["class"] == "cluster", events.c.code.in_(list(codes)),
+        events.c.date_update <= not_after, events.c.cluster_id.is_not(None))
+    if not is_sqlite(conn):
+        q = q.with_for_update(skip_locked=True)
+    rows = conn.execute(q).all()
+    mark_checked(conn, [r.id for r in rows])
+    out: dict[int, list[int]] = {}
+    for r in rows:
+        out.setdefault(int(r.cluster_id), []).append(int(r.id))
+    return out
+
+
+def pairs_with_open(conn: Connection, code: str) -> set[tuple[int, int]]:
+    """(cluster, campaign) pairs having an open event of `code`."""
+    q = sa.select(events.c.cluster_id, events.c.campaign_id).where(
+        events.c.state == "open", events.c.code == code, events.c.cluster_id.is_not(None),
+        events.c.campaign_id.is_not(None))
+    return {(int(a), int(b)) for a, b in conn.execute(q)}
+
+
+def last_closed(conn: Connection, code: str) -> dict[tuple[int, int], Any]:
+    """(cluster, campaign) -> when its last event of `code` was closed (fixed)."""
+    q = (sa.select(events.c.cluster_id, events.c.campaign_id, sa.func.max(events.c.date_closed))
+         .where(events.c.state == "closed", events.c.code == code, events.c.job_id.is_(None),
+                events.c.cluster_id.is_not(None), events.c.campaign_id.is_not(None))
+         .group_by(events.c.cluster_id, events.c.campaign_id))
+    return {(int(a), int(b)): t for a, b, t in conn.execute(q) if t is not None}
+
+
+def open_cluster_events(conn: Connection, cluster_id: int, code: str) -> list[int]:
+    q = sa.select(events.c.id).where(events.c.state == "open", events.c.code == code,
+                                     events.c.cluster_id == cluster_id)
+    return [int(r[0]) for r in conn.execute(q)]

@@ -9,14 +9,17 @@ or directly for prologue/epilogue jobs."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.clusters.base import Outcome
 from cigri.db.engine import is_sqlite
-from cigri.db.schema import bag_of_tasks, campaigns, jobs, tasks_affinity
-from cigri.states import LIVE_CAMPAIGN_STATES, JobState, check_job_transition
+from cigri.db.schema import bag_of_tasks, campaigns, events, jobs, tasks_affinity
+from cigri.event_codes import RESUBMIT_PRIORITY
+from cigri.states import FINAL_JOB_STATES, LIVE_CAMPAIGN_STATES, JobState, check_job_transition
 
 _CHUNK = 5000  # ids per statement (bounded IN lists)
 
@@ -57,8 +60,6 @@ def change_states(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         conn.execute(stmt, [{f"b_{k}": (str(v) if k in ("old", "new") else v) for k, v in r.items()}
                             for r in group])
 
-RESUBMIT_PRIORITY = 20
-RESUBMIT_END_PRIORITY = 0
 
 
 def get_job(conn: Connection, job_id: int) -> dict | None:  # type: ignore[type-arg]
@@ -109,3 +110,29 @@ def new_batch_id(conn: Connection) -> int:
     if is_sqlite(conn):
         return int(conn.execute(sa.text("INSERT INTO batch_id_seq (dummy) VALUES (0) RETURNING id")).scalar_one())
     return int(conn.execute(sa.text("SELECT nextval('batch_id_seq')")).scalar_one())
+
+
+def attempts_of_task(conn: Connection, campaign_id: int, param_id: int) -> int:
+    """How many jobs ran (or run) this task: 1 + its resubmissions."""
+    return int(conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+        jobs.c.campaign_id == campaign_id, jobs.c.param_id == param_id)).scalar_one())
+
+
+def resubmission_counts(conn: Connection, campaign_id: int, cluster_id: int, window: int,
+                        since: datetime | None = None) -> tuple[int, int]:
+    """(resubmitted, total) among the last `window` ended jobs of a campaign on a cluster.
+    Jobs killed because they were best-effort are left out (preemption is the grid working as
+    meant, not a fault of the campaign), and so are jobs ended before `since` (evidence an
+    admin or user already judged by fixing the event)."""
+    when = sa.func.coalesce(jobs.c.stop_time, jobs.c.submission_time)
+    q = (sa.select(jobs.c.id).where(jobs.c.campaign_id == campaign_id, jobs.c.cluster_id == cluster_id,
+                                    jobs.c.state.in_(FINAL_JOB_STATES), jobs.c.param_id != 0,
+                                    sa.or_(jobs.c.kill_cause.is_(None),
+                                           jobs.c.kill_cause != Outcome.PREEMPTED.value)))
+    if since is not None:
+        q = q.where(when > since)
+    last = q.order_by(jobs.c.id.desc()).limit(window).subquery()
+    total = int(conn.execute(sa.select(sa.func.count()).select_from(last)).scalar_one())
+    resub = int(conn.execute(sa.select(sa.func.count(sa.distinct(events.c.job_id))).where(
+        events.c.job_id.in_(sa.select(last.c.id)), events.c.code.in_(("RESUBMIT", "RESUBMIT_END")))).scalar_one())
+    return resub, total

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.clusters.base import Outcome
 from cigri.db.schema import campaign_properties, campaigns, jobs, parameters, taps
 from cigri.states import LIVE_CAMPAIGN_STATES, POLLED_JOB_STATES
 
@@ -32,6 +33,7 @@ class RunnerJob:
     campaign_state: str
     start_time: datetime | None = None
     batch_id: int | None = None
+    submission_time: datetime | None = None  # CiGri's own clock, set when the cluster accepted it
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -53,7 +55,7 @@ def _parse_options(text: str) -> dict[str, Any]:
 def _select_jobs() -> sa.Select[Any]:
     return (sa.select(jobs.c.id, jobs.c.campaign_id, jobs.c.param_id, jobs.c.state, jobs.c.remote_id, jobs.c.tag,
                       jobs.c.runner_options, parameters.c.param, campaigns.c.grid_user, campaigns.c.state,
-                      jobs.c.start_time, jobs.c.batch_id)
+                      jobs.c.start_time, jobs.c.batch_id, jobs.c.submission_time)
             .select_from(jobs.join(campaigns, campaigns.c.id == jobs.c.campaign_id)
                          .outerjoin(parameters, parameters.c.id == jobs.c.param_id)))
 
@@ -61,7 +63,7 @@ def _select_jobs() -> sa.Select[Any]:
 def _rows(conn: Connection, q: sa.Select[Any]) -> list[RunnerJob]:
     return [RunnerJob(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]) if r[4] is not None else None, r[5],
                       _options(r[6]), r[7] if r[7] is not None and r[2] != 0 else "", r[8], r[9], r[10],
-                      int(r[11]) if r[11] is not None else None)
+                      int(r[11]) if r[11] is not None else None, r[12])
             for r in conn.execute(q)]
 
 
@@ -132,10 +134,7 @@ def semi_best_effort_killed(conn: Connection, param_ids: list[int], cluster_id: 
     """Params whose previous attempt on this cluster was killed as best-effort (semi-best-effort)."""
     if not param_ids:
         return set()
-    from cigri.db.schema import events  # local: only this query needs it
-
     q = (sa.select(jobs.c.param_id).distinct()
-         .select_from(jobs.join(events, events.c.job_id == jobs.c.id))
          .where(jobs.c.param_id.in_(param_ids), jobs.c.cluster_id == cluster_id,
-                events.c.code == "RESUBMIT", events.c.message.like("%BESTEFFORT_KILL%")))
+                jobs.c.kill_cause == Outcome.PREEMPTED.value))
     return {int(r[0]) for r in conn.execute(q)}

@@ -165,6 +165,8 @@ jobs = sa.Table(
     sa.Column("remote_id", sa.BigInteger),
     sa.Column("tag", sa.String(255)),
     sa.Column("runner_options", sa.Text),
+    # CiGri-py: why the cluster killed this job (an Outcome: preempted, walltime, killed, lost)
+    sa.Column("kill_cause", sa.String(32)),
 )
 
 events = sa.Table(

@@ -20,6 +20,7 @@ from datetime import time as dtime
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cigri import containers
 from cigri.clusters import get_adapter
@@ -53,9 +54,6 @@ from cigri.states import JobState
 
 log = logging.getLogger("cigri.runner")
 
-EXIT_ERROR_CAUSES = ("EXIT_ERROR", "WORKING_DIRECTORY_ERROR", "CONTAINER_ERROR")
-#: errors after which OAR may or may not have accepted the POST: keep `launching`, reconcile.
-AMBIGUOUS_SUBMIT_CODES = ("POST_TIMEOUT", "TIMEOUT", "CONNECTION_RESET")
 RECONCILE_WINDOWS = 20
 
 
@@ -82,7 +80,11 @@ class _Update:
 
 
 def _epoch(v: int | None) -> datetime | None:
-    return datetime.fromtimestamp(v, UTC) if v else None
+    """A cluster's epoch time; None when absent or absurd (a bad answer must not stop a poll)."""
+    try:
+        return datetime.fromtimestamp(v, UTC) if v else None
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None
 
 
 def _unescape(s: str) -> str:
@@ -200,7 +202,9 @@ class Runner:
                 db.reset_and_close_taps(conn, self.cid, self.conf.get("RUNNER_DEFAULT_INITIAL_NUMBER_OF_JOBS"), now())
         self.closed_last_cycle = set()
         if globally:
-            log.info("Cluster %s is blacklisted", self.name)
+            # nothing new goes there, but the jobs already there are still followed
+            log.info("Cluster %s is blacklisted: following its jobs only", self.name)
+            self.poll(res, follow_only=True)
             return res
         if not self.reconcile_launching(res):
             return res
@@ -334,8 +338,12 @@ class Runner:
         return _unescape(f"{base}{self._task_command(j, props)} {j.param}".strip())
 
     # ------------------------------------------------------------------ polling
-    def poll(self, res: CycleResult) -> set[int]:
-        """Update the jobs of this cluster from the cluster; returns campaigns whose tap closed."""
+    def poll(self, res: CycleResult, follow_only: bool = False) -> set[int]:
+        """Update the jobs of this cluster from the cluster; returns campaigns whose tap closed.
+        Every job already on the cluster is followed, whatever blacklists its campaign or the
+        cluster (a blacklist only stops new submissions). `follow_only` (the cluster is
+        blacklisted): taps are left closed and a failure to ask the cluster is only logged,
+        the open event that blacklisted it already says so."""
         closed: set[int] = set()
         with self.engine.connect() as conn:
             jobs = db.jobs_in_states(conn, self.cid)
@@ -344,10 +352,8 @@ class Runner:
         res.in_flight = len(jobs)
         assert self.adapter is not None
         adapter = self.adapter
-        poll_ok = {c: all(code in EXIT_ERROR_CAUSES for code in bl.get((self.cid, c), []))
-                   for c in {j.campaign_id for j in jobs} | set(live)}
-        closed |= {c for c, ok in poll_ok.items() if not ok}
-        followed = [j for j in jobs if poll_ok.get(j.campaign_id, True)]
+        closed |= {c for (_, c) in bl}  # their taps stay closed: nothing is submitted for them
+        followed = jobs
         updates: list[_Update] = []
         ids = sorted({j.remote_id for j in followed if j.remote_id})
         remote: dict[int, RemoteJob] = {}
@@ -356,8 +362,9 @@ class Runner:
                 remote = adapter.get_jobs(ids)
             except ClusterAPIError as e:
                 log.warning("Could not get the jobs of %s: %s", self.name, e)
-                with self.engine.begin() as conn:
-                    self._cluster_event(conn, e, "Polling jobs")
+                if not follow_only:
+                    with self.engine.begin() as conn:
+                        self._cluster_event(conn, e, "Polling jobs")
                 return closed | {j.campaign_id for j in jobs}
         tail_n = int(self.conf.get("STDERR_TAIL"))
         waiting_delay = float(self.conf.get("RUNNER_WAITING_GRACE"))
@@ -375,8 +382,9 @@ class Runner:
                     closed.add(j.campaign_id)
                     code = "RUNNER_GET_JOB_SERVER_ERROR" if e.status == 500 else "RUNNER_GET_JOB_UNKNOWN_ERROR"
                     if isinstance(e, (ClusterAPIConnectionError, ClusterAPITimeout)):
-                        with self.engine.begin() as conn:
-                            self._cluster_event(conn, e, f"Getting job {j.remote_id}")
+                        if not follow_only:
+                            with self.engine.begin() as conn:
+                                self._cluster_event(conn, e, f"Getting job {j.remote_id}")
                         break
                     updates.append(_Update(j, "event", event=(code, f"Could not get job {j.remote_id}: {e}")))
                     continue
@@ -409,10 +417,11 @@ class Runner:
             elif r.outcome is Outcome.WAITING:
                 if j.state != "remote_waiting":
                     updates.append(_Update(j, "remote_waiting"))
-                # freshly submitted jobs wait until OAR's scheduler runs: only jobs waiting
-                # longer than RUNNER_WAITING_GRACE say "the cluster is full".
-                sub = r.submission_time or 0
-                if not sub or time.time() - sub > waiting_delay:
+                # freshly submitted jobs wait until the cluster's scheduler runs: only jobs
+                # waiting longer than RUNNER_WAITING_GRACE say "the cluster is full". Measured
+                # on CiGri's clock: a cluster's submission_time can be minutes stale (OAR3).
+                sub = j.submission_time
+                if sub is None or (t_now - sub).total_seconds() > waiting_delay:
                     closed.add(j.campaign_id)
             else:
                 closed.add(j.campaign_id)
@@ -427,6 +436,8 @@ class Runner:
         for j in followed:
             if j.state in ("submitted", "remote_waiting") and j.id not in started:
                 self.pending[j.campaign_id] = self.pending.get(j.campaign_id, 0) + 1
+        if follow_only:
+            return closed
         # taps of campaigns not closed this cycle are (re)opened
         with self.engine.begin() as conn:
             campaigns = {j.campaign_id for j in jobs} | set(live)
@@ -502,45 +513,65 @@ class Runner:
 
     def _apply(self, updates: list[_Update], res: CycleResult) -> None:
         """All the transitions seen in this cycle, in one transaction, each guarded by the
-        state read (a job changed meanwhile by nikita or an admin is left alone)."""
+        state read (a job changed meanwhile by nikita or an admin is left alone). If the
+        database refuses it, each job is written in its own transaction: one job whose
+        update cannot be stored never blocks the others (it is logged, and tried again)."""
         if not updates:
             return
+        try:
+            with self.engine.begin() as conn:
+                n_events = self._write_updates(conn, updates)
+        except SQLAlchemyError as e:
+            log.error("Runner %s could not record its poll at once (%s): recording job by job", self.name,
+                      " ".join(str(e).split())[:300])
+            n_events = 0
+            for u in updates:
+                try:
+                    with self.engine.begin() as conn:
+                        n_events += self._write_updates(conn, [u])
+                except SQLAlchemyError as e1:
+                    log.error("Runner %s could not record job %s (%s -> %s): %s", self.name, u.job.id,
+                              u.job.state, u.new_state, " ".join(str(e1).split())[:300])
+        res.events += n_events
+
+    def _write_updates(self, conn: Connection, updates: list[_Update]) -> int:
         n_events = 0
         plain: list[dict[str, Any]] = []
-        with self.engine.begin() as conn:
-            for u in updates:
-                j = u.job
-                values = dict(u.values)
-                if u.analysis is not None and u.analysis.new_remote_id is not None:
-                    values["remote_id"] = u.analysis.new_remote_id
-                if u.new_state == j.state and not values:
-                    continue
-                if u.analysis is None and u.event is None:
-                    plain.append({"id": j.id, "old": j.state, "new": u.new_state} | values)
-                    continue
-                if not change_state(conn, j.id, j.state, u.new_state, **values):
-                    continue
-                ev = u.event
-                an = u.analysis
-                if an is not None and an.code:
-                    create_event(conn, "job", an.code, state="open" if an.open else "closed", job_id=j.id,
-                                 cluster_id=self.cid, campaign_id=j.campaign_id, message=an.message,
-                                 checked="no" if an.open else "yes")
-                    n_events += int(an.open)
-                    for code, msg in an.notes:
-                        create_event(conn, "notify", code, state="closed", job_id=j.id, cluster_id=self.cid,
-                                     campaign_id=j.campaign_id, message=msg, checked="yes")
-                    if an.decrease_affinity:
-                        decrease_affinity(conn, j.param_id, self.cid)
-                elif ev is not None:
-                    create_event(conn, "job", ev[0], job_id=j.id, cluster_id=self.cid, campaign_id=j.campaign_id,
-                                 message=ev[1])
-                    n_events += 1
-            change_states(conn, plain)
-            if n_events:
-                self._wake(conn, "COLOMBO")
-                self._wake(conn, "JUDAS")
-        res.events += n_events
+        for u in updates:
+            j = u.job
+            values = dict(u.values)
+            if u.analysis is not None and u.analysis.new_remote_id is not None:
+                values["remote_id"] = u.analysis.new_remote_id
+            if u.analysis is not None and u.analysis.kill_cause is not None and u.new_state == JobState.EVENT:
+                values["kill_cause"] = u.analysis.kill_cause.value
+            if u.new_state == j.state and not values:
+                continue
+            if u.analysis is None and u.event is None:
+                plain.append({"id": j.id, "old": j.state, "new": u.new_state} | values)
+                continue
+            if not change_state(conn, j.id, j.state, u.new_state, **values):
+                continue
+            ev = u.event
+            an = u.analysis
+            if an is not None and an.code:
+                create_event(conn, "job", an.code, state="open" if an.open else "closed", job_id=j.id,
+                             cluster_id=self.cid, campaign_id=j.campaign_id, message=an.message,
+                             checked="no" if an.open else "yes")
+                n_events += int(an.open)
+                for code, msg in an.notes:
+                    create_event(conn, "notify", code, state="closed", job_id=j.id, cluster_id=self.cid,
+                                 campaign_id=j.campaign_id, message=msg, checked="yes")
+                if an.decrease_affinity:
+                    decrease_affinity(conn, j.param_id, self.cid)
+            elif ev is not None:
+                create_event(conn, "job", ev[0], job_id=j.id, cluster_id=self.cid, campaign_id=j.campaign_id,
+                             message=ev[1])
+                n_events += 1
+        change_states(conn, plain)
+        if n_events:
+            self._wake(conn, "COLOMBO")
+            self._wake(conn, "JUDAS")
+        return n_events
 
     # ------------------------------------------------------------------ submission
     def submit(self, res: CycleResult, closed: set[int]) -> None:
@@ -736,8 +767,9 @@ class Runner:
         log.warning("Could not submit jobs %s on %s: %s", ids, self.name, e)
         with self.engine.begin() as conn:
             self._cluster_event(conn, e, f"Submitting jobs {ids[:10]}")
-            if e.code in AMBIGUOUS_SUBMIT_CODES or isinstance(e, ClusterAPITimeout):
-                # OAR may have accepted it: stay `launching`, the next cycle reconciles
+            if e.ambiguous or isinstance(e, ClusterAPITimeout):
+                # the cluster may have accepted it (no answer, or one that proves nothing): stay
+                # `launching`, the next cycle reconciles with what the cluster has
                 return
             if isinstance(e, ClusterAPIConnectionError):
                 code, msg = "RESUBMIT", f"Resubmit cause: connection error at submission ({e.code}: {e})"

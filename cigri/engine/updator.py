@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cigri.clusters import get_adapter
@@ -22,12 +21,13 @@ from cigri.clusters.base import ClusterAPIError, ClusterInfo, Outcome, RemoteJob
 from cigri.config import Conf, get_conf
 from cigri.db import campaign_state
 from cigri.db import events as eventsdb
+from cigri.db import jobs as jobsdb
 from cigri.db import scheduling as sdb
 from cigri.db import usage as usagedb
 from cigri.db.clusters import list_clusters, user_mapping
 from cigri.db.engine import transaction
 from cigri.db.notify import CAMPAIGNS, COLOMBO, JUDAS, METASCHEDULER, notify
-from cigri.db.schema import events, now
+from cigri.db.schema import now
 
 log = logging.getLogger("cigri.updator")
 
@@ -201,8 +201,7 @@ def update_stress(engine: Engine, conf: Conf, force: bool = False) -> list[int]:
         with transaction(engine) as conn:
             if usagedb.set_stress_factor(conn, cluster.id, value):
                 changed.append(cluster.id)
-            open_ids = [int(r[0]) for r in conn.execute(sa.select(events.c.id).where(
-                events.c.state == "open", events.c.code == "UNDER_STRESS", events.c.cluster_id == cluster.id))]
+            open_ids = eventsdb.open_cluster_events(conn, cluster.id, "UNDER_STRESS")
             if value >= threshold and not open_ids:
                 eventsdb.create_event(conn, "cluster", "UNDER_STRESS", cluster_id=cluster.id,
                                       message=f"Cluster {cluster.name} is under stress ({value}/{threshold})!")
@@ -222,12 +221,11 @@ RESUBMIT_CHECK_PERIOD = 60.0
 
 def too_many_resubmit(engine: Engine, conf: Conf, window: int = 50, ratio: float = 0.6,
                       force: bool = False) -> list[tuple[int, int]]:
-    """CiGri3's prepared check, made real per cluster (§15.1 #3): among the last `window`
-    finished attempts of a running campaign on a cluster, more than `ratio` resubmitted
-    (killed / RESUBMIT) ⇒ an open campaign event TOO_MANY_RESUBMIT for (cluster, campaign)
-    that colombo turns into a campaign blacklist. Cost: `window` rows per pair."""
-    from cigri.db.schema import jobs
-
+    """CiGri3's prepared check, made real per cluster: among the last `window` ended jobs of a
+    running campaign on a cluster, more than `ratio` resubmitted ⇒ an open campaign event
+    TOO_MANY_RESUBMIT for (cluster, campaign) that colombo turns into a campaign blacklist.
+    Best-effort kills do not count (preemption is not the campaign's fault), and once such an
+    event is fixed only jobs ended after the fix count. Cost: `window` rows per pair."""
     global _last_resubmit_check
     created: list[tuple[int, int]] = []
     if not force and time.monotonic() - _last_resubmit_check < RESUBMIT_CHECK_PERIOD:
@@ -236,21 +234,13 @@ def too_many_resubmit(engine: Engine, conf: Conf, window: int = 50, ratio: float
     with engine.connect() as conn:
         running = sdb.running_campaigns(conn)
         props = sdb.properties_of(conn, [c.id for c in running])
-        already = {(int(r[0]), int(r[1])) for r in conn.execute(sa.select(events.c.cluster_id, events.c.campaign_id)
-                   .where(events.c.state == "open", events.c.code == "TOO_MANY_RESUBMIT",
-                          events.c.cluster_id.is_not(None), events.c.campaign_id.is_not(None)))}
+        already = eventsdb.pairs_with_open(conn, "TOO_MANY_RESUBMIT")
+        fixed = eventsdb.last_closed(conn, "TOO_MANY_RESUBMIT")
         pairs = [(cl, c.id) for c in running for cl in props[c.id] if (cl, c.id) not in already]
         hits = []
         for cl, ca in pairs:
-            last = (sa.select(jobs.c.id).where(jobs.c.campaign_id == ca, jobs.c.cluster_id == cl,
-                                               jobs.c.state.in_(("terminated", "event")), jobs.c.param_id != 0)
-                    .order_by(jobs.c.id.desc()).limit(window).subquery())
-            total = conn.execute(sa.select(sa.func.count()).select_from(last)).scalar() or 0
-            if total <= 10:
-                continue
-            resub = conn.execute(sa.select(sa.func.count(sa.distinct(events.c.job_id))).where(
-                events.c.job_id.in_(sa.select(last.c.id)), events.c.code.in_(("RESUBMIT", "RESUBMIT_END")))).scalar()
-            if resub / total > ratio:
+            resub, total = jobsdb.resubmission_counts(conn, ca, cl, window, fixed.get((cl, ca)))
+            if total > 10 and resub / total > ratio:
                 hits.append((cl, ca, resub, total))
     for cl, ca, resub, total in hits:
         with transaction(engine) as conn:

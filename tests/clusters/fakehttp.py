@@ -18,6 +18,10 @@ class _Req(BaseHTTPRequestHandler):
     server: Any
 
     def _do(self) -> None:
+        if getattr(self, "dead", False):
+            # the server closed this connection after its 5xx: a request sent on it gets no answer
+            self.close_connection = True
+            return
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -31,6 +35,8 @@ class _Req(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
         self.wfile.write(out)
+        if status >= 500 and getattr(self.server, "close_after_5xx", False):
+            self.dead = True  # as uvicorn: no `Connection: close` header, the connection is gone
 
     do_GET = do_POST = do_DELETE = do_PUT = _do
 
@@ -39,9 +45,12 @@ class _Req(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve(handler: Handler) -> Iterator[Any]:
-    """Yields the server; `server.url` is its base URL, `server.requests` what it received."""
+def serve(handler: Handler, close_after_5xx: bool = False) -> Iterator[Any]:
+    """Yields the server; `server.url` is its base URL, `server.requests` what it received.
+    `close_after_5xx`: after a 5xx answer the connection is dead, as with uvicorn (OAR 3),
+    which closes it without a `Connection: close` header."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Req)
+    srv.close_after_5xx = close_after_5xx  # type: ignore[attr-defined]
     srv.daemon_threads = True
     srv.handler = handler  # type: ignore[attr-defined]
     srv.requests = []  # type: ignore[attr-defined]

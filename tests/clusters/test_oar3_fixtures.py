@@ -18,6 +18,7 @@ from cigri.clusters import get_adapter
 from cigri.clusters.base import (
     ClusterAPIBadRequest,
     ClusterAPIForbidden,
+    ClusterAPINotFound,
     ClusterAPIPermissionDenied,
     ClusterAPIServerError,
     ClusterInfo,
@@ -75,6 +76,17 @@ class FakeOar3:
         return 200, JSON, json.dumps({"total": len(items), "offset": offset,
                                       "items": items[offset:offset + limit]}).encode()
 
+    def kill(self, jid: int, cause: str) -> None:
+        """End a job as OAR 3 does for a best-effort or walltime kill: `Error`, no exit_code,
+        the events with ids out of the order of their dates (API.md §7.3)."""
+        types = {"BESTEFFORT_KILL": ["BESTEFFORT_KILL", "FRAG_JOB_REQUEST", "SEND_KILL_JOB",
+                                     "SWITCH_INTO_ERROR_STATE"],
+                 "WALLTIME": ["FRAG_JOB_REQUEST", "WALLTIME", "SEND_KILL_JOB"]}[cause]
+        ids = [31, 29, 30, 32]
+        self.jobs[jid].update(state="Error", exit_code=None, events=[
+            {"id": ids[i], "type": t, "job_id": jid, "description": t.lower(), "to_check": "NO", "date": 100 + i}
+            for i, t in enumerate(types)])
+
     def view(self, job: dict[str, Any], details: bool) -> dict[str, Any]:
         j = {k: v for k, v in job.items() if v is not None}  # OAR 3 drops null fields
         if not details:
@@ -108,6 +120,8 @@ class FakeOar3:
             self.posted.append(req)
             if not isinstance(req.get("resource", []), list) or not isinstance(req.get("type", []), list):
                 return 422, JSON, json.dumps(fixture("post_422.json")).encode()
+            if any("=abc" in r for r in req.get("resource", [])):  # a malformed resource: API.md §7.1
+                return 500, {"Content-Type": "text/plain; charset=utf-8"}, b"Internal Server Error"
             params = req["param_file"].split("\n") if "param_file" in req else [None]
             first = self.next_id
             for idx, p in enumerate(params, start=1):
@@ -138,7 +152,10 @@ class FakeOar3:
                 user, err = self.user(headers)
                 if err:
                     return err
-                if jid not in self.jobs or self.jobs[jid]["user"] != user:
+                if jid not in self.jobs:  # API.md §7.2
+                    return 200, JSON, json.dumps({"id": jid, "exit_status": 7, "cmd_output": (
+                        f"Deleting the job = {jid} ...Cannot frag {jid} ; Job does not exist. -3\n")}).encode()
+                if self.jobs[jid]["user"] != user:
                     return 200, JSON, json.dumps(fixture("delete_wrong_user.json") | {"id": jid}).encode()
                 self.jobs[jid].update(state="Error")
                 self.jobs[jid]["events"].append({"id": 1, "type": "FRAG_JOB_REQUEST", "job_id": jid,
@@ -160,7 +177,7 @@ class FakeOar3:
 @pytest.fixture
 def oar3() -> Any:
     fake = FakeOar3()
-    with serve(fake) as srv:
+    with serve(fake, close_after_5xx=True) as srv:  # OAR 3's uvicorn drops the connection after a 500
         info = ClusterInfo.from_row({"id": 3, "name": "o3", "api_url": f"http://127.0.0.1:{srv.server_address[1]}/",
                                      "batch": "oar3", "api_auth_type": "jwt", "resource_unit": "core",
                                      "api_chunk_size": 2, "api_limit": 3})
@@ -261,3 +278,32 @@ def test_media_stress_and_errors(oar3: Any) -> None:
     a.set_mapping({})
     assert a.get_jobs([1]) == {}
     assert a.get_job(rid).id == rid
+
+
+def test_a_500_is_the_answer_to_that_request_not_a_dead_network(oar3: Any) -> None:
+    """#11.5: uvicorn answers 500 to one bad request and drops the connection: the adapter
+    reports that request's server error (not CONNECTION_RESET, not ambiguous), and the next
+    request goes on a new connection."""
+    a, fake, srv = oar3
+    n = len(srv.requests)
+    with pytest.raises(ClusterAPIServerError) as e:
+        a.submit(JobRequest(command="task", resources="/nodes=abc"), "alice")
+    assert e.value.code == "CLUSTER_API_SERVER_ERROR" and not e.value.event_open and not e.value.ambiguous
+    assert len(srv.requests) == n + 1  # not retried on the dead connection
+    [rid] = a.submit(JobRequest(command="task"), "alice")  # a fresh connection
+    assert a.get_job(rid, "alice").outcome is Outcome.WAITING
+
+
+def test_delete_of_an_unknown_job_is_not_found(oar3: Any) -> None:
+    a, fake, srv = oar3
+    with pytest.raises(ClusterAPINotFound):
+        a.delete_job(999999, "alice")  # exit_status 7
+
+
+@pytest.mark.parametrize("cause,outcome", [("BESTEFFORT_KILL", Outcome.PREEMPTED), ("WALLTIME", Outcome.WALLTIME)])
+def test_kill_events_out_of_id_order(oar3: Any, cause: str, outcome: Outcome) -> None:
+    a, fake, srv = oar3
+    [rid] = a.submit(JobRequest(command="sleep 100", types=["besteffort"]), "alice")
+    fake.kill(rid, cause)
+    j = a.get_job(rid, "alice")
+    assert (j.outcome, j.exit, j.raw_state) == (outcome, None, "Error")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from cigri.clusters.base import (
 )
 from cigri.clusters.oar2_5 import _describe, oar_outcome
 from cigri.db import schema
+from cigri.db.events import create_event
 from cigri.engine import colombo
 from cigri.engine.runner import ClusterGone, Runner, batch_script, in_nightly_window
 from tests.conftest import add_cluster
@@ -226,8 +228,8 @@ def test_waiting_jobs_close_the_tap_and_nothing_more_is_submitted(pg_engine: Eng
                                                                   fake: FakeOAR, cluster: int) -> None:
     cid = make_campaign(pg_engine, [cluster], [str(i) for i in range(20)], queue_on=cluster)
     runner.run_cycle()
-    for j in fake.jobs.values():
-        j.submission_time = int(time.time()) - 100  # waiting for long: the cluster is full
+    with pg_engine.begin() as c:  # waiting for long (on CiGri's clock): the cluster is full
+        c.execute(schema.jobs.update().values(submission_time=schema.now() - timedelta(seconds=100)))
     runner.run_cycle()
     runner.run_cycle()
     assert len(jobs_of(pg_engine, cid)) == 4
@@ -237,6 +239,25 @@ def test_waiting_jobs_close_the_tap_and_nothing_more_is_submitted(pg_engine: Eng
         fake.run(rid)
     runner.run_cycle()
     assert len(jobs_of(pg_engine, cid)) > 4
+
+
+def test_junk_from_a_cluster_never_blocks_the_poll_of_other_jobs(pg_engine: Engine, runner: Runner, fake: FakeOAR,
+                                                                  cluster: int) -> None:
+    """#11.1: a NUL byte in one job's stderr tail (PostgreSQL refuses NUL in text), an absurd
+    time in another's answer: every job of the poll is still recorded."""
+    cid = make_campaign(pg_engine, [cluster], ["a", "b", "c"], queue_on=cluster)
+    runner.run_cycle()
+    bad, weird, good = fake.active()
+    fake.files[f"/home/alice/OAR.{bad}.stderr"] = "a\0b\n"
+    fake.end(bad, 3 << 8)
+    fake.end(weird, 0)
+    fake.jobs[weird].start_time = 10 ** 15  # year ~31 million
+    fake.end(good, 0)
+    runner.run_cycle()
+    states = {j["remote_id"]: j["state"] for j in jobs_of(pg_engine, cid)}
+    assert states == {bad: "event", weird: "terminated", good: "terminated"}
+    [ev] = events_of(pg_engine, "EXIT_ERROR")
+    assert "a\ufffdb" in ev["message"] and "\0" not in ev["message"]
 
 
 def test_exit_error_records_stderr_tail_and_colombo_blacklists_this_cluster_for_this_campaign(
@@ -586,3 +607,41 @@ def test_adoption_when_the_api_shell_expanded_the_exec_file(pg_engine: Engine, r
         params = dict(c.execute(sa.select(schema.parameters.c.id, schema.parameters.c.param)).all())
     for j in jobs:
         assert fake.jobs[j["remote_id"]].command.endswith(f"/home/alice/run.sh {params[j['param_id']]}")
+
+
+def test_a_blacklist_never_stops_following_the_jobs_already_on_the_cluster(pg_engine: Engine, runner: Runner,
+                                                                          fake: FakeOAR, cluster: int) -> None:
+    """#11.3: after an UNKNOWN_ERROR blacklists the campaign here, and after the whole cluster
+    is blacklisted, the jobs already there are still followed to their end (nothing new is sent)."""
+    cid = make_campaign(pg_engine, [cluster], ["a", "b", "c"], queue_on=cluster)
+    runner.run_cycle()
+    first, second, third = fake.active()
+    fake.end(first, None, [{"type": "SWITCH_INTO_ERROR_STATE"}])
+    runner.run_cycle()
+    colombo.check_events(pg_engine)
+    assert [e["class"] for e in events_of(pg_engine, "BLACKLIST")] == ["campaign"]
+    fake.end(second, 0)
+    runner.run_cycle()
+    assert {j["remote_id"]: j["state"] for j in jobs_of(pg_engine, cid)}[second] == "terminated"
+    with pg_engine.begin() as c:
+        create_event(c, "cluster", "CLUSTER_MANUALLY_DISABLED", cluster_id=cluster)
+    colombo.check_events(pg_engine)
+    n = len(fake.requests)
+    fake.end(third, 0)
+    runner.run_cycle()
+    assert {j["remote_id"]: j["state"] for j in jobs_of(pg_engine, cid)} == {
+        first: "event", second: "terminated", third: "terminated"}
+    assert len(fake.requests) == n
+
+
+def test_waiting_grace_is_measured_on_cigris_clock(pg_engine: Engine, runner: Runner, fake: FakeOAR,
+                                                   cluster: int) -> None:
+    """#11.5: OAR3's submission_time can be minutes stale: a job CiGri has just submitted is
+    not 'waiting too long' whatever the cluster's clock says, so the tap stays open."""
+    make_campaign(pg_engine, [cluster], [str(i) for i in range(20)], queue_on=cluster)
+    runner.run_cycle()
+    for j in fake.jobs.values():
+        j.submission_time = int(time.time()) - 486
+    runner.run_cycle()
+    with pg_engine.connect() as c:
+        assert c.execute(sa.select(schema.taps.c.state)).scalar() == "open"

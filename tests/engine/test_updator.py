@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from cigri.clusters.base import ClusterAPITimeout, Outcome, RemoteJob
 from cigri.db import events as eventsdb
 from cigri.db.schema import bag_of_tasks, campaigns, clusters, events, grid_usage, jobs
+from cigri.db.schema import now as schema_now
 from cigri.engine import updator
 from tests.conftest import add_cluster
 from tests.engine.test_metascheduler import make_campaign
@@ -159,3 +160,37 @@ def test_too_many_resubmit_per_cluster(pg_engine):
         _job(pg_engine, cid, b, "terminated", param_id=i + 1)
     assert updator.too_many_resubmit(pg_engine, updator.get_conf(), force=True) == [(a, cid)]
     assert updator.too_many_resubmit(pg_engine, updator.get_conf(), force=True) == []  # already open
+
+
+def _resubmitted(engine, cid, cl, n, kill_cause=None, first_param=1):
+    for i in range(n):
+        j = _job(engine, cid, cl, "event", param_id=first_param + i, kill_cause=kill_cause,
+                 stop_time=schema_now())
+        with engine.begin() as c:
+            eventsdb.create_event(c, "job", "RESUBMIT", job_id=j, campaign_id=cid, cluster_id=cl, state="closed",
+                                  message="Resubmit cause: BESTEFFORT_KILL" if kill_cause else "Resubmit cause: x")
+
+
+def test_best_effort_kills_do_not_count_toward_the_resubmission_rate(pg_engine):
+    """#11.3: normal jobs preempting best-effort ones is CiGri's main use case, not a fault of
+    the campaign: 20 best-effort kills in a row do not blacklist it; 12 other kills do."""
+    a = add_cluster(pg_engine, "a")
+    cid = make_campaign(pg_engine, "alice", [a], n_tasks=0)
+    _resubmitted(pg_engine, cid, a, 20, kill_cause="preempted")
+    assert updator.too_many_resubmit(pg_engine, updator.get_conf(), force=True) == []
+    _resubmitted(pg_engine, cid, a, 12, kill_cause="walltime", first_param=100)
+    assert updator.too_many_resubmit(pg_engine, updator.get_conf(), force=True) == [(a, cid)]
+
+
+def test_a_fixed_resubmission_rate_event_does_not_come_back_from_the_same_jobs(pg_engine):
+    """#11.3: once TOO_MANY_RESUBMIT is fixed, only jobs ended after the fix are evidence."""
+    a = add_cluster(pg_engine, "a")
+    cid = make_campaign(pg_engine, "alice", [a], n_tasks=0)
+    _resubmitted(pg_engine, cid, a, 12)
+    [pair] = updator.too_many_resubmit(pg_engine, updator.get_conf(), force=True)
+    with pg_engine.begin() as c:
+        [eid] = [r[0] for r in c.execute(sa.select(events.c.id).where(events.c.code == "TOO_MANY_RESUBMIT"))]
+        eventsdb.close_event(c, eid)  # the user fixes it
+    assert updator.too_many_resubmit(pg_engine, updator.get_conf(), force=True) == []
+    _resubmitted(pg_engine, cid, a, 12, first_param=100)  # new kills after the fix
+    assert updator.too_many_resubmit(pg_engine, updator.get_conf(), force=True) == [pair]
