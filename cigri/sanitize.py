@@ -1,31 +1,32 @@
 """Text from outside (task output, cluster answers and error messages, file names) made safe
-to store and show. PostgreSQL refuses a NUL character in text: one such byte in one task's
-stderr used to roll back a whole runner cycle, forever. Every boundary cleans what it
-receives with these, and the event writer cleans once more."""
+to store. PostgreSQL refuses a NUL character in text, and text with a lone surrogate (bytes a
+decoder could not read) cannot even be encoded: one such byte in one task's stderr used to
+roll back a whole runner cycle, forever. Every boundary cleans what it receives with these,
+and the event writer cleans once more. Other control characters are kept (a message keeps
+its lines and tabs); the commands and the API escape them when they show text."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-#: control characters other than tab, newline and carriage return; lone surrogates (bytes a
-#: decoder could not read, kept by `surrogateescape`)
-_JUNK = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+#: what cannot be stored: NUL, lone surrogates (kept by `surrogateescape` decoding)
+_JUNK = re.compile(r"[\x00\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
 #: characters of one outside string kept at most (an event message, a file tail)
 MAX_TEXT = 65536
 
 
 def clean_text(text: str, limit: int | None = MAX_TEXT) -> str:
-    """`text` without NUL and other control characters (each becomes U+FFFD), cut to `limit`
+    """`text` without NUL nor lone surrogates (each becomes U+FFFD), cut to `limit`
     characters (None: no limit)."""
     if limit is not None and len(text) > limit:
         text = text[:limit] + " […]"
     return _JUNK.sub(REPLACEMENT, text)
 
 
-#: a JSON text can only carry junk characters as escapes (raw control characters are invalid)
-_JSON_JUNK = re.compile(rb"\\u(?:00[01][0-9a-f]|007f|d[89a-f][0-9a-f]{2})", re.I)
+#: a JSON text can only carry these characters as escapes (\u0000, \udXXX)
+_JSON_JUNK = re.compile(rb"\\u(?:0000|d[89a-f][0-9a-f]{2})", re.I)
 
 
 def json_needs_cleaning(raw: bytes) -> bool:

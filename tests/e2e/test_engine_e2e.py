@@ -97,7 +97,7 @@ def test_cancel_kills_the_jobs_on_oar(grid: Grid) -> None:
 
     def all_dead() -> bool:
         got = adapter.get_jobs(rids)
-        return all(r.state in ("Error", "Terminated") for r in got.values())
+        return all(r.outcome.ended for r in got.values())
     wait_for("OAR jobs killed", all_dead, timeout=120)
     assert grid.campaign_state(cid) == "cancelled"
 
