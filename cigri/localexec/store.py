@@ -309,7 +309,7 @@ class Store:
         if spec is None:
             spec = read_json((self.arrays_done if archived else self.arrays) / name)
             if spec is not None:
-                if len(self._array_cache) > 256:
+                if len(self._array_cache) > 32:
                     self._array_cache.clear()
                 self._array_cache[key] = spec
         return spec
@@ -347,7 +347,7 @@ class Store:
         """The ended tasks of an array (incremental: only new lines are parsed)."""
         log = self._logs.get(first)
         if log is None:
-            if len(self._logs) >= 64:  # the runner follows a few arrays at a time
+            if len(self._logs) >= 8:  # the runner follows a few arrays at a time (each holds its ended tasks)
                 oldest = min(self._logs, key=lambda k: self._logs[k].used)
                 del self._logs[oldest]
             log = self._logs[first] = _ArrayLog()
