@@ -516,23 +516,6 @@ def cluster_properties(expanded: dict[str, Any], cluster_name: str) -> dict[str,
     return out
 
 
-def runner_options(props: dict[str, str]) -> dict[str, Any]:
-    """runner_options of a (campaign, cluster) from its properties (spec §4.5, §6.4)."""
-    opts: dict[str, Any] = {}
-    ctype = props.get("type", "best-effort")
-    if props.get("test_mode") == "true":
-        opts["besteffort"] = False
-    else:
-        opts["besteffort"] = ctype != "normal"
-    if ctype in ("semi-best-effort", "nightly"):
-        opts["campaign_type"] = ctype
-    if props.get("temporal_grouping") == "true":
-        opts["temporal_grouping"] = True
-    elif props.get("dimensional_grouping") == "true":
-        opts["dimensional_grouping"] = True
-    return opts
-
-
 def stored_jdl(expanded: dict[str, Any], nb_params: int) -> dict[str, Any]:
     """The JDL as stored in campaigns.jdl: params are in the parameters table, not here
     (a 1M-line campaign must not rewrite a 1M-element JSON array)."""

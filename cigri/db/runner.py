@@ -4,8 +4,6 @@ runner read, so a concurrent change (nikita, an admin) is never overwritten."""
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from cigri.clusters.base import Outcome
 from cigri.db.schema import campaign_properties, campaigns, jobs, parameters, taps
+from cigri.run_options import RunOptions
 from cigri.states import LIVE_CAMPAIGN_STATES, POLLED_JOB_STATES
 
 
@@ -27,7 +26,7 @@ class RunnerJob:
     state: str
     remote_id: int | None
     tag: str | None
-    runner_options: dict[str, Any]
+    options: RunOptions
     param: str
     grid_user: str
     campaign_state: str
@@ -35,21 +34,6 @@ class RunnerJob:
     batch_id: int | None = None
     submission_time: datetime | None = None  # CiGri's own clock, set when the cluster accepted it
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _options(text: str | None) -> dict[str, Any]:
-    """The runner options of a job (a copy: callers may change it)."""
-    return dict(_parse_options(text)) if text else {}
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_options(text: str) -> dict[str, Any]:
-    """Every job of a campaign has the same options text: parse it once."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _select_jobs() -> sa.Select[Any]:
@@ -62,7 +46,7 @@ def _select_jobs() -> sa.Select[Any]:
 
 def _rows(conn: Connection, q: sa.Select[Any]) -> list[RunnerJob]:
     return [RunnerJob(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]) if r[4] is not None else None, r[5],
-                      _options(r[6]), r[7] if r[7] is not None and r[2] != 0 else "", r[8], r[9], r[10],
+                      RunOptions.stored(r[6]), r[7] if r[7] is not None and r[2] != 0 else "", r[8], r[9], r[10],
                       int(r[11]) if r[11] is not None else None, r[12])
             for r in conn.execute(q)]
 

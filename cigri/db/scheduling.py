@@ -26,6 +26,7 @@ from cigri.db.schema import (
     tasks_affinity,
     users_priority,
 )
+from cigri.run_options import SPECIAL_JOB_OPTIONS_JSON
 from cigri.states import ACTIVE_JOB_STATES, UNFINISHED_JOB_STATES
 
 #: the campaign_properties the engine reads (listed so the (name, campaign_id) index is used).
@@ -358,4 +359,4 @@ def create_special_job(conn: Connection, campaign_id: int, cluster_id: int, tag:
     """A prologue/epilogue job (param 0), submitted alone and never best-effort by the runner."""
     return int(conn.execute(jobs.insert().values(
         campaign_id=campaign_id, cluster_id=cluster_id, param_id=0, tag=tag, state="to_launch",
-        runner_options='{"besteffort":"false"}').returning(jobs.c.id)).scalar_one())
+        runner_options=SPECIAL_JOB_OPTIONS_JSON).returning(jobs.c.id)).scalar_one())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import datetime
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -22,75 +22,12 @@ from cigri.db import scheduling as sdb
 from cigri.db.engine import transaction
 from cigri.db.notify import notify as db_notify
 from cigri.db.notify import runner_channel
+from cigri.run_options import CampaignType, in_nightly_window, is_true
 from cigri.states import UNFINISHED_JOB_STATES
 
 log = logging.getLogger("cigri.metascheduler")
 
 BESTEFFORT_TYPES = ("best-effort", "besteffort")
-KNOWN_TYPES = ("best-effort", "besteffort", "normal", "semi-best-effort", "nightly")
-
-
-def is_true(v: str | None) -> bool:
-    return v is not None and str(v).strip().lower() == "true"
-
-
-def _hhmm(v: str) -> time:
-    parts = [int(x) for x in str(v).split(":")[:2]]
-    return time(parts[0] % 24, parts[1] if len(parts) > 1 else 0)
-
-
-def in_nightly_window(conf: Conf, when: datetime | None = None) -> bool:
-    """NIGHTLY_START <= local time < NIGHTLY_END (the window may span midnight)."""
-    t = (when or datetime.now()).time()
-    start, end = _hhmm(conf.get("NIGHTLY_START")), _hhmm(conf.get("NIGHTLY_END"))
-    if start == end:
-        return True
-    if start < end:
-        return start <= t < end
-    return t >= start or t < end
-
-
-_warned_types: set[str] = set()
-
-
-def campaign_type(props: dict[str, str]) -> str:
-    t = (props.get("type") or "best-effort").strip().lower()
-    if t not in KNOWN_TYPES:
-        if t not in _warned_types:  # once per process, not once per pass
-            _warned_types.add(t)
-            log.warning("Unknown campaign type %r: treated as best-effort", t)
-        return "best-effort"
-    return "best-effort" if t == "besteffort" else t
-
-
-def runner_options(props: dict[str, str], bag_priority: int = 10) -> dict[str, object]:
-    """Runner options of a task on a cluster (spec §4.5, §6.4; batch_id added per batch)."""
-    opts: dict[str, object] = {}
-    ctype = campaign_type(props)
-    if is_true(props.get("test_mode")):
-        besteffort = False
-    elif ctype == "normal" or ctype == "nightly":
-        besteffort = False
-    elif ctype == "semi-best-effort":
-        besteffort = bag_priority < 20  # resubmitted (killed) tasks get a normal job
-    else:
-        besteffort = True
-    opts["besteffort"] = besteffort
-    if ctype == "semi-best-effort":
-        opts["semi_best_effort"] = True  # the runner may also promote tasks killed on its cluster
-    if ctype == "nightly":
-        opts["nightly"] = True
-    if is_true(props.get("temporal_grouping")):
-        opts["temporal_grouping"] = True
-    elif is_true(props.get("dimensional_grouping")):
-        opts["dimensional_grouping"] = True
-    return opts
-
-
-def grouped(opts: dict[str, object]) -> bool:
-    return bool(opts.get("temporal_grouping") or opts.get("dimensional_grouping"))
-
-
 # ---------------------------------------------------------------- step 1: prologue / epilogue
 
 
@@ -215,7 +152,7 @@ def compute_orders(conn: Connection, conf: Conf | None = None, when: datetime | 
                 continue
             if st.stress_factor >= threshold:
                 continue
-            if campaign_type(p) == "nightly" and not nightly_open:
+            if CampaignType.of(p.get("type")) is CampaignType.NIGHTLY and not nightly_open:
                 if queued.get((cl, c.id)):
                     out.withdrawn.append((cl, c.id))
                 continue

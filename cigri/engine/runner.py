@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from datetime import time as dtime
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
@@ -50,6 +49,7 @@ from cigri.db.schema import now
 from cigri.engine.analysis import Analysis, analyze_remote_job
 from cigri.errors import NotFound
 from cigri.event_codes import KILL_CAUSE_WORDS
+from cigri.run_options import RunOptions, in_nightly_window
 from cigri.states import JobState
 
 log = logging.getLogger("cigri.runner")
@@ -90,21 +90,6 @@ def _epoch(v: int | None) -> datetime | None:
 def _unescape(s: str) -> str:
     """The JDL escapes `$` for the OAR API shell; inside a generated script it must not be."""
     return s.replace("\\$", "$")
-
-
-def _semi(opts: dict[str, Any]) -> bool:
-    return bool(opts.get("semi_best_effort") or opts.get("campaign_type") == "semi-best-effort")
-
-
-def in_nightly_window(conf: Conf, at: datetime | None = None) -> bool:
-    at = at or datetime.now()
-    def parse(v: str) -> dtime:
-        h, _, m = str(v).partition(":")
-        return dtime(int(h), int(m or 0))
-    start, end, t = parse(conf.get("NIGHTLY_START")), parse(conf.get("NIGHTLY_END")), at.time()
-    if start == end:
-        return True
-    return start <= t < end if start < end else (t >= start or t < end)
 
 
 def script_command(script: str) -> str:
@@ -586,17 +571,17 @@ class Runner:
             return
         with self.engine.connect() as conn:
             props = db.properties(conn, {j.campaign_id for j in todo}, self.cid)
-            sbe = db.semi_best_effort_killed(conn, [j.param_id for j in todo if _semi(j.runner_options)], self.cid)
+            sbe = db.semi_best_effort_killed(conn, [j.param_id for j in todo if j.options.semi_best_effort], self.cid)
         groups: dict[tuple[Any, ...], list[db.RunnerJob]] = {}
         for j in todo:
             if j.tag in ("prologue", "epilogue"):
                 groups[("single", j.id)] = [j]
                 continue
-            be = bool(j.runner_options.get("besteffort", True)) and j.runner_options.get("besteffort") != "false"
+            be = j.options.besteffort
             if j.param_id in sbe:
                 be = False  # semi-best-effort: a task killed as best-effort runs as a normal job
             # temporal grouping reads its sub-jobs' state files: not where the cluster serves no files
-            grouping = bool(j.runner_options.get("temporal_grouping")) and self.adapter.reads_files
+            grouping = j.options.temporal_grouping and self.adapter.reads_files
             groups.setdefault((j.campaign_id, be, grouping), []).append(j)
         submitted_by_campaign: dict[int, int] = {}
         for key, group in groups.items():
@@ -661,8 +646,7 @@ class Runner:
         the next campaign) or "hold" (its tap is in its grace period: submit nothing)."""
         if q.campaign_state != "in_treatment" or (self.cid, q.campaign_id) in bl:
             return "skip"
-        opts = db._options(q.runner_options)
-        if (opts.get("nightly") or opts.get("campaign_type") == "nightly") and not nightly_ok:
+        if RunOptions.stored(q.runner_options).nightly and not nightly_ok:
             return "skip"
         tap = taps.get(q.campaign_id)
         if tap is None:

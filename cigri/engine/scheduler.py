@@ -9,7 +9,6 @@ submissions (§15.2 #12)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -19,7 +18,8 @@ from sqlalchemy.engine import Connection
 from cigri.config import Conf, get_conf
 from cigri.db import jobs as jobsdb
 from cigri.db import scheduling as sdb
-from cigri.engine.metascheduler import Orders, grouped, runner_options
+from cigri.engine.metascheduler import Orders
+from cigri.run_options import RunOptions
 
 log = logging.getLogger("cigri.scheduler")
 
@@ -168,23 +168,19 @@ def batch_tasks(conn: Connection, orders: Orders, queues: dict[int, list[tuple[T
     for cl, q in queues.items():
         rows: list[dict[str, object]] = []
         order_num = 0
-        prev: tuple[int, str] | None = None
+        prev: tuple[int, RunOptions] | None = None
         batch_json = ""
-        cache: dict[tuple[int, int], tuple[str, dict[str, object]]] = {}
+        cache: dict[tuple[int, int], RunOptions] = {}
         for task, ca in q:
             ck = (ca, task[2])  # options depend on the campaign and the bag priority only
-            got = cache.get(ck)
-            if got is None:
-                opts = runner_options(orders.props[(cl, ca)], task[2])
-                got = cache[ck] = (json.dumps(opts, sort_keys=True), opts)
-            key = (ca, got[0])
+            opts = cache.get(ck)
+            if opts is None:
+                opts = cache[ck] = RunOptions.for_task(orders.props[(cl, ca)], task[2])
+            key = (ca, opts)
             if key != prev:
                 order_num += 1
                 prev = key
-                batch_opts = dict(got[1])
-                if grouped(batch_opts):
-                    batch_opts["batch_id"] = jobsdb.new_batch_id(conn)
-                batch_json = json.dumps(batch_opts, separators=(",", ":"))
+                batch_json = (opts.with_batch(jobsdb.new_batch_id(conn)) if opts.grouped else opts).to_json()
             rows.append({"task_id": task[0], "cluster_id": cl, "runner_options": batch_json,
                          "order_num": order_num})
         added[cl] = sdb.insert_queue(conn, rows)

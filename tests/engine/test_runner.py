@@ -25,7 +25,8 @@ from cigri.clusters.oar2_5 import _describe, oar_outcome
 from cigri.db import schema
 from cigri.db.events import create_event
 from cigri.engine import colombo
-from cigri.engine.runner import ClusterGone, Runner, batch_script, in_nightly_window
+from cigri.engine.runner import ClusterGone, Runner, batch_script
+from cigri.run_options import RunOptions, in_nightly_window
 from tests.conftest import add_cluster
 
 
@@ -503,7 +504,7 @@ def test_temporal_grouping_batch_and_unfinished_subjobs_resubmitted(pg_engine: E
 
 def test_batch_script_quotes_exactly() -> None:
     from cigri.db.runner import RunnerJob
-    j = RunnerJob(7, 1, 1, "to_launch", None, "batch", {}, "x \\$HOME 'a b'", "u", "in_treatment")
+    j = RunnerJob(7, 1, 1, "to_launch", None, "batch", RunOptions(), "x \\$HOME 'a b'", "u", "in_treatment")
     s = batch_script("$HOME/run.sh", [j])
     assert "$HOME/run.sh x $HOME 'a b' > cigri_batch_stdout_7 2> cigri_batch_stderr_7" in s
     assert 'echo "RET=$?" >> cigri_batch_state_7' in s

@@ -8,6 +8,7 @@ import pytest
 from cigri import jdl as J
 from cigri.config import Conf
 from cigri.errors import ParseError
+from cigri.run_options import RunOptions
 
 CONF = Conf(values={"DEFAULT_JOB_RESOURCES": "/core=1", "DEFAULT_JOB_WALLTIME": "02:00:00",
                     "DEFAULT_MAX_RESUBMIT": "7"})
@@ -134,7 +135,7 @@ def test_test_mode_forces_max_jobs_and_properties():
     assert p["test_mode"] == "true" and p["max_jobs"] == "1" and p["prologue"] == "a\nb"
     assert p["temporal_grouping"] == "true" and p["max_resubmit"] == "7"
     assert J.cluster_properties(e, "x")["max_jobs"] == "40"
-    assert J.runner_options(p) == {"besteffort": False, "temporal_grouping": True}
+    assert RunOptions.for_task(p) == RunOptions(besteffort=False, temporal_grouping=True)
     assert set(p) <= set(J.PROPERTY_NAMES)
 
 
@@ -142,13 +143,25 @@ def test_test_mode_forces_max_jobs_and_properties():
     ({"type": "best-effort"}, {"besteffort": True}),
     ({"type": "besteffort"}, {"besteffort": True}),
     ({"type": "normal"}, {"besteffort": False}),
-    ({"type": "semi-best-effort"}, {"besteffort": True, "campaign_type": "semi-best-effort"}),
+    ({"type": "semi-best-effort"}, {"besteffort": True, "semi_best_effort": True}),
     ({"type": "nightly", "dimensional_grouping": "true"},
-     {"besteffort": True, "campaign_type": "nightly", "dimensional_grouping": True}),
+     {"besteffort": False, "nightly": True, "dimensional_grouping": True}),
     ({"type": "best-effort", "test_mode": "true"}, {"besteffort": False}),
 ])
 def test_runner_options(props, opts):
-    assert J.runner_options(props) == opts
+    """The one model of run options (cigri.run_options): built from the properties, stored as
+    CiGri3's runner_options JSON, read back identical."""
+    built = RunOptions.for_task(props)
+    assert json.loads(built.to_json()) == opts
+    assert RunOptions.stored(built.to_json()) == built
+
+
+def test_stored_runner_options_of_cigri3_and_older_rows():
+    assert RunOptions.stored('{"besteffort":"false"}') == RunOptions(besteffort=False)
+    assert RunOptions.stored('{"besteffort":true,"batch_id":12}').batch_id == 12
+    assert RunOptions.stored('{"campaign_type":"nightly"}').nightly
+    assert RunOptions.stored("not json") == RunOptions() == RunOptions.stored(None)
+    assert RunOptions.for_task({"type": "semi-best-effort"}, bag_priority=20).besteffort is False
 
 
 def test_unknown_clusters_only():
