@@ -18,9 +18,8 @@ from cigri.db import campaigns as dbc
 from cigri.db import parameters as dbp
 from cigri.db.clusters import cluster_ids_by_name, container_engines
 from cigri.db.engine import is_sqlite
-from cigri.db.events import close_events, create_event
+from cigri.db.events import create_event, forget_job_events_of_campaign
 from cigri.db.notify import METASCHEDULER, notify
-from cigri.db.schema import events
 from cigri.errors import CigriError, NotFound, ParseError, StateError, Unauthorized
 from cigri.states import ENDED_CAMPAIGN_STATES, UNFINISHED_JOB_STATES, check_campaign_transition
 
@@ -309,10 +308,7 @@ def purge_campaign(engine: Engine, cid: int, user: str, admins: Iterable[str] | 
             raise StateError(f"Campaign {cid} still has {active} active jobs: wait for them to be killed")
         n = dbp.count_parameters(conn, int(cid))
         dbc.delete_campaign_rows(conn, int(cid), keep_campaign=True)
-        conn.execute(events.delete().where(events.c.campaign_id == int(cid), events.c["class"] == "job"))
-        open_ids = [r[0] for r in conn.execute(events.select().with_only_columns(events.c.id).where(
-            events.c.campaign_id == int(cid), events.c.state == "open"))]
-        close_events(conn, open_ids)
+        forget_job_events_of_campaign(conn, int(cid))
         create_event(conn, "campaign", "PURGE", state="closed", campaign_id=int(cid),
                      message=f"Campaign {cid} purged by {user} ({n} tasks)")
     return n

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.db.clusters import enabled_cluster_names  # noqa: F401 - part of this module's API
 from cigri.db.jobs import change_state
 from cigri.db.schema import (
     bag_of_tasks,
@@ -232,9 +233,6 @@ def campaigns_with_events(conn: Connection, campaign_ids: Sequence[int]) -> set[
     return with_events
 
 
-def enabled_cluster_names(conn: Connection) -> dict[int, str]:
-    q = sa.select(clusters.c.id, clusters.c.name).where(clusters.c.enabled.is_(True))
-    return {int(i): n for i, n in conn.execute(q)}
 
 
 def enabled_cluster_batches(conn: Connection) -> dict[int, str]:

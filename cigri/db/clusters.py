@@ -82,3 +82,9 @@ def user_mapping(conn: Connection, cluster_id: int) -> dict[str, str]:
     q = sa.select(users_mapping.c.grid_login, users_mapping.c.cluster_login).where(
         users_mapping.c.cluster_id == cluster_id)
     return {r.grid_login: r.cluster_login for r in conn.execute(q) if r.cluster_login is not None}
+
+
+def enabled_cluster_names(conn: Connection) -> dict[int, str]:
+    """id -> name of the enabled clusters, by id."""
+    q = sa.select(clusters.c.id, clusters.c.name).where(clusters.c.enabled.is_(True)).order_by(clusters.c.id)
+    return {int(i): n for i, n in conn.execute(q)}

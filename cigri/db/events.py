@@ -169,3 +169,58 @@ def open_cluster_events(conn: Connection, cluster_id: int, code: str) -> list[in
     q = sa.select(events.c.id).where(events.c.state == "open", events.c.code == code,
                                      events.c.cluster_id == cluster_id)
     return [int(r[0]) for r in conn.execute(q)]
+
+
+# ------------------------------------------------------------------ nikita's queries
+
+
+def jobs_with_event(conn: Connection, code: str, job_ids: list[int]) -> set[int]:
+    """Those of the jobs that have an event of `code` (traces created once per job)."""
+    if not job_ids:
+        return set()
+    q = sa.select(events.c.job_id).where(events.c.code == code, events.c.job_id.in_(job_ids)).distinct()
+    return {int(r[0]) for r in conn.execute(q)}
+
+
+def open_user_frags(conn: Connection, klass: str) -> list[tuple[int, int | None]]:
+    """Open USER_FRAG events of a class: (event id, campaign id or job id), oldest first."""
+    target = events.c.campaign_id if klass == "campaign" else events.c.job_id
+    q = sa.select(events.c.id, target).where(events.c.state == "open", events.c.code == "USER_FRAG",
+                                            events.c["class"] == klass).order_by(events.c.id)
+    return [(int(i), int(t) if t is not None else None) for i, t in conn.execute(q)]
+
+
+def close_job_events_of_campaign(conn: Connection, campaign_id: int) -> None:
+    """A cancelled campaign's open job events are over (its USER_FRAGs are nikita's to close)."""
+    conn.execute(events.update().where(events.c["class"] == "job", events.c.campaign_id == campaign_id,
+                                       events.c.state == "open", events.c.code != "USER_FRAG")
+                 .values(state="closed", date_closed=now()))
+
+
+def close_job_events_of_job(conn: Connection, job_id: int, except_id: int) -> None:
+    conn.execute(events.update().where(events.c.job_id == job_id, events.c["class"] == "job",
+                                       events.c.state == "open", events.c.id != except_id)
+                 .values(state="closed", date_closed=now()))
+
+
+def last_opened(conn: Connection, klass: str, code: str) -> Any:
+    """When the last event of (`klass`, `code`) was opened (None: never)."""
+    return conn.execute(sa.select(sa.func.max(events.c.date_open)).where(
+        events.c["class"] == klass, events.c.code == code)).scalar()
+
+
+def delete_events(conn: Connection, klass: str, code: str) -> None:
+    """Delete markers (log events nobody reads once a newer one exists)."""
+    conn.execute(events.delete().where(events.c["class"] == klass, events.c.code == code))
+
+
+def is_notified(conn: Connection, event_id: int) -> bool:
+    return bool(conn.execute(sa.select(events.c.notified).where(events.c.id == event_id)).scalar())
+
+
+def forget_job_events_of_campaign(conn: Connection, campaign_id: int) -> None:
+    """A purge: the campaign's job events go, its other open events are closed."""
+    conn.execute(events.delete().where(events.c.campaign_id == campaign_id, events.c["class"] == "job"))
+    ids = [int(r[0]) for r in conn.execute(sa.select(events.c.id).where(
+        events.c.campaign_id == campaign_id, events.c.state == "open"))]
+    close_events(conn, ids)

@@ -17,9 +17,16 @@ from sqlalchemy.engine import Connection
 
 from cigri.clusters.base import Outcome
 from cigri.db.engine import is_sqlite
-from cigri.db.schema import bag_of_tasks, campaigns, events, jobs, tasks_affinity
+from cigri.db.schema import bag_of_tasks, campaigns, events, jobs, parameters, tasks_affinity
 from cigri.event_codes import RESUBMIT_PRIORITY
-from cigri.states import FINAL_JOB_STATES, LIVE_CAMPAIGN_STATES, JobState, check_job_transition
+from cigri.states import (
+    ENDED_CAMPAIGN_STATES,
+    FINAL_JOB_STATES,
+    LIVE_CAMPAIGN_STATES,
+    UNFINISHED_JOB_STATES,
+    JobState,
+    check_job_transition,
+)
 
 _CHUNK = 5000  # ids per statement (bounded IN lists)
 
@@ -136,3 +143,42 @@ def resubmission_counts(conn: Connection, campaign_id: int, cluster_id: int, win
     resub = int(conn.execute(sa.select(sa.func.count(sa.distinct(events.c.job_id))).where(
         events.c.job_id.in_(sa.select(last.c.id)), events.c.code.in_(("RESUBMIT", "RESUBMIT_END")))).scalar_one())
     return resub, total
+
+
+# ------------------------------------------------------------------ kills (nikita)
+
+
+def _kill_rows(conn: Connection, where: Any) -> list[dict[str, Any]]:
+    q = (sa.select(jobs.c.id, jobs.c.campaign_id, jobs.c.cluster_id, jobs.c.state, jobs.c.remote_id, jobs.c.tag,
+                   jobs.c.param_id, jobs.c.start_time, jobs.c.submission_time, campaigns.c.grid_user)
+         .select_from(jobs.join(campaigns, campaigns.c.id == jobs.c.campaign_id)).where(where)
+         .order_by(jobs.c.id))
+    return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def unfinished_jobs_of_campaign(conn: Connection, campaign_id: int) -> list[dict[str, Any]]:
+    """The jobs a cancellation must kill, with their owner."""
+    return _kill_rows(conn, sa.and_(jobs.c.campaign_id == campaign_id, jobs.c.state.in_(UNFINISHED_JOB_STATES)))
+
+
+def job_with_owner(conn: Connection, job_id: int) -> list[dict[str, Any]]:
+    return _kill_rows(conn, jobs.c.id == job_id)
+
+
+def running_jobs(conn: Connection) -> list[dict[str, Any]]:
+    """Running jobs whose start is known (walltime checks)."""
+    return _kill_rows(conn, sa.and_(jobs.c.state == JobState.RUNNING, jobs.c.start_time.is_not(None)))
+
+
+def waiting_since(conn: Connection, before: datetime) -> list[dict[str, Any]]:
+    """Jobs waiting on their cluster since before `before` (CiGri's submission time)."""
+    return _kill_rows(conn, sa.and_(jobs.c.state == JobState.REMOTE_WAITING, jobs.c.submission_time < before,
+                                    jobs.c.remote_id.is_not(None)))
+
+
+def forget_affinity_of_ended_campaigns(conn: Connection) -> None:
+    """Affinity rows of the tasks of terminated and cancelled campaigns go."""
+    dead = sa.select(parameters.c.id).select_from(
+        parameters.join(campaigns, campaigns.c.id == parameters.c.campaign_id)).where(
+        campaigns.c.state.in_(ENDED_CAMPAIGN_STATES))
+    conn.execute(tasks_affinity.delete().where(tasks_affinity.c.param_id.in_(dead)))

@@ -265,3 +265,10 @@ def list_parameters(conn: Connection, campaign_id: int, limit: int | None = None
     if limit is not None:
         q = q.limit(limit)
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def ensure_null_parameter(conn: Connection) -> None:
+    """The null parameter (id 0) of prologue/epilogue jobs (CiGri3 created it at start)."""
+    if conn.execute(sa.select(parameters.c.id).where(parameters.c.id == 0)).first() is None:
+        conn.execute(parameters.insert().values(id=0, campaign_id=0, name="null",
+                                                param="null parameter for special jobs, dont delete!"))

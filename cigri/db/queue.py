@@ -116,3 +116,14 @@ def take_tasks(conn: Connection, cluster_id: int, queue_ids: list[int]) -> list[
     for cid, n in counts.items():
         conn.execute(queue_counts.insert().values(date=t, campaign_id=cid, cluster_id=cluster_id, jobs_count=n))
     return ids
+
+
+def purge_queued_before(conn: Connection, before: Any) -> list[tuple[int, int | None]]:
+    """Delete the queue entries queued before `before`; returns their (cluster, param id)."""
+    rows = conn.execute(sa.select(jobs_to_launch.c.id, jobs_to_launch.c.cluster_id, bag_of_tasks.c.param_id)
+                        .select_from(jobs_to_launch.outerjoin(bag_of_tasks,
+                                                              bag_of_tasks.c.id == jobs_to_launch.c.task_id))
+                        .where(jobs_to_launch.c.queuing_date < before)).all()
+    if rows:
+        conn.execute(jobs_to_launch.delete().where(jobs_to_launch.c.id.in_([r[0] for r in rows])))
+    return [(int(cl), int(pid) if pid is not None else None) for _, cl, pid in rows]

@@ -9,6 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from cigri.clock import now  # noqa: F401 - re-exported: the clock the data layer stamps rows with
+
 metadata = sa.MetaData()
 
 
@@ -255,8 +257,3 @@ api_revoked_tokens = sa.Table(
     sa.Column("expires", TS, nullable=False),
     sa.Column("revoked_at", TS, nullable=False),
 )
-
-
-def now() -> datetime:
-    """The one clock of CiGri: aware UTC."""
-    return datetime.now(UTC)

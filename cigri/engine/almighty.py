@@ -4,8 +4,8 @@ Process tree (each child is `sys.executable -P -m cigri.modules.<x>`, so it work
 virtual environment; the configuration reaches it through CIGRICONFFILE):
 
     almighty ─┬─ judas            long-lived, woken by NOTIFY cigri_judas / SIGUSR1
-              ├─ colombo          long-lived (engine part A)
-              ├─ runner <name>    one per enabled cluster (engine part A)
+              ├─ colombo          long-lived, woken by NOTIFY cigri_colombo
+              ├─ runner <name>    one per enabled cluster
               ├─ metascheduler --loop ┐ long-lived loops woken by NOTIFY, at least every
               ├─ updator --loop       │ ALMIGHTY_CYCLE s: no fixed sleep limits throughput,
               └─ nikita --loop        ┘ and a slow updator never delays the scheduler.
@@ -36,14 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from cigri.config import Conf, get_conf, set_conf
 from cigri.db import events as eventsdb
+from cigri.db.clusters import enabled_cluster_names
 from cigri.db.engine import get_engine, transaction, wait_for_database
+from cigri.db.events import is_notified
 from cigri.db.notify import JUDAS, Waiter, notify
-from cigri.db.schema import clusters, events, parameters
+from cigri.db.parameters import ensure_null_parameter
 from cigri.errors import ConfigError
 from cigri.log import setup_daemon_logging
 
@@ -120,7 +122,7 @@ class DaemonLoop:
                 self._beat(b"B")
                 try:
                     self.cycle(engine, self.conf)
-                except sa.exc.OperationalError as e:
+                except OperationalError as e:
                     log.error("Database error in %s: %s", self.name, str(e).splitlines()[0])
                     self._beat(b"E")
                     self.waiter.wait(float(self.conf.get("DB_RECONNECT_DELAY")))
@@ -373,9 +375,7 @@ class Almighty:
     def _enabled_clusters(self) -> dict[int, str] | None:
         try:
             with self.engine.connect() as conn:
-                return {int(r.id): r.name for r in conn.execute(
-                    sa.select(clusters.c.id, clusters.c.name).where(clusters.c.enabled.is_(True))
-                    .order_by(clusters.c.id))}
+                return enabled_cluster_names(conn)
         except Exception as e:  # noqa: BLE001 - DB down: keep what runs
             log.error("Could not read the clusters table: %s", e)
             return None
@@ -419,9 +419,7 @@ class Almighty:
     def check_database(self) -> None:
         """The null parameter used by prologue/epilogue jobs (spec §1.3 step 5)."""
         with transaction(self.engine) as conn:
-            if conn.execute(sa.select(parameters.c.id).where(parameters.c.id == 0)).first() is None:
-                conn.execute(parameters.insert().values(id=0, campaign_id=0, name="null",
-                                                        param="null parameter for special jobs, dont delete!"))
+            ensure_null_parameter(conn)
 
     def stop(self) -> None:
         """Ask run() to shut down (what SIGTERM does; usable when run() is in a thread)."""
@@ -499,7 +497,7 @@ class Almighty:
                 and time.monotonic() < deadline:
             try:
                 with self.engine.connect() as conn:
-                    if conn.execute(sa.select(events.c.notified).where(events.c.id == eid)).scalar():
+                    if is_notified(conn, eid):
                         break
             except Exception:  # noqa: BLE001
                 break

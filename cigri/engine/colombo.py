@@ -18,11 +18,11 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from cigri.clock import now
 from cigri.config import Conf, get_conf
 from cigri.db import campaigns as campaignsdb
 from cigri.db import events as eventsdb
 from cigri.db import jobs as jobsdb
-from cigri.db.schema import now
 from cigri.event_codes import AUTOFIX_CODES, UNDECIDED_CODES, EventClass, event_code
 
 log = logging.getLogger("cigri.colombo")

@@ -19,20 +19,20 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from cigri.clock import now
 from cigri.clusters import get_adapter
 from cigri.clusters.base import ClusterAdapter, ClusterAPIError, ClusterAPINotFound
 from cigri.config import Conf, get_conf
 from cigri.db import events as eventsdb
 from cigri.db import jobs as jobsdb
+from cigri.db import queue as queuedb
 from cigri.db import scheduling as sdb
 from cigri.db.clusters import get_cluster, user_mapping
 from cigri.db.engine import transaction
 from cigri.db.notify import COLOMBO, JUDAS, METASCHEDULER, notify
-from cigri.db.schema import bag_of_tasks, campaigns, events, jobs, jobs_to_launch, now, parameters, tasks_affinity
-from cigri.states import ENDED_CAMPAIGN_STATES, FINAL_JOB_STATES, UNFINISHED_JOB_STATES, JobState
+from cigri.states import FINAL_JOB_STATES, UNFINISHED_JOB_STATES, JobState
 
 log = logging.getLogger("cigri.nikita")
 
@@ -121,21 +121,6 @@ class Killer:
 # ---------------------------------------------------------------- helpers
 
 
-def _job_rows(conn: Connection, where: Any) -> list[dict[str, Any]]:
-    q = (sa.select(jobs.c.id, jobs.c.campaign_id, jobs.c.cluster_id, jobs.c.state, jobs.c.remote_id, jobs.c.tag,
-                   jobs.c.param_id, jobs.c.start_time, jobs.c.submission_time, campaigns.c.grid_user)
-         .select_from(jobs.join(campaigns, campaigns.c.id == jobs.c.campaign_id)).where(where)
-         .order_by(jobs.c.id))
-    return [dict(r._mapping) for r in conn.execute(q)]
-
-
-def _jobs_with_event(conn: Connection, code: str, job_ids: list[int]) -> set[int]:
-    if not job_ids:
-        return set()
-    q = sa.select(events.c.job_id).where(events.c.code == code, events.c.job_id.in_(job_ids)).distinct()
-    return {int(r[0]) for r in conn.execute(q)}
-
-
 def _stop(engine: Engine, job: dict[str, Any], message: str) -> None:
     """The job is dead for CiGri: state event + closed USER_FRAG trace, in one transaction."""
     with transaction(engine) as conn:
@@ -187,12 +172,10 @@ def _problem(engine: Engine, job: dict[str, Any], reported: set[int]) -> bool:
 # ---------------------------------------------------------------- steps
 
 
-def _open_frags(engine: Engine, klass: str, target: Any) -> list[Any]:
+def _open_frags(engine: Engine, klass: str) -> list[tuple[int, int | None]]:
     """Open USER_FRAG events of a class: (event id, campaign or job id)."""
     with engine.connect() as conn:
-        return list(conn.execute(sa.select(events.c.id, target).where(
-            events.c.state == "open", events.c.code == "USER_FRAG", events.c["class"] == klass)
-            .order_by(events.c.id)).all())
+        return eventsdb.open_user_frags(conn, klass)
 
 
 def _kill_all(engine: Engine, killer: Killer, todo: list[dict[str, Any]], reported: set[int],
@@ -217,27 +200,26 @@ def _close_frag(engine: Engine, ev_id: int, res: NikitaResult) -> None:
 
 
 def cancel_campaigns(engine: Engine, killer: Killer, res: NikitaResult) -> None:
-    for ev_id, campaign_id in _open_frags(engine, "campaign", events.c.campaign_id):
+    for ev_id, campaign_id in _open_frags(engine, "campaign"):
+        if campaign_id is None:
+            _close_frag(engine, ev_id, res)
+            continue
         with transaction(engine) as conn:
-            conn.execute(events.update().where(events.c["class"] == "job", events.c.campaign_id == campaign_id,
-                                               events.c.state == "open", events.c.code != "USER_FRAG")
-                         .values(state="closed", date_closed=now()))
-            todo = _job_rows(conn, sa.and_(jobs.c.campaign_id == campaign_id, jobs.c.state.in_(UNFINISHED_JOB_STATES)))
-            reported = _jobs_with_event(conn, "NIKITA_KILL_PROBLEM", [j["id"] for j in todo])
+            eventsdb.close_job_events_of_campaign(conn, campaign_id)
+            todo = jobsdb.unfinished_jobs_of_campaign(conn, campaign_id)
+            reported = eventsdb.jobs_with_event(conn, "NIKITA_KILL_PROBLEM", [j["id"] for j in todo])
         if _kill_all(engine, killer, todo, reported, res):
             _close_frag(engine, ev_id, res)
             log.info("Campaign %s cancelled: %d jobs killed", campaign_id, len(todo))
 
 
 def cancel_jobs(engine: Engine, killer: Killer, res: NikitaResult) -> None:
-    for ev_id, job_id in _open_frags(engine, "job", events.c.job_id):
+    for ev_id, job_id in _open_frags(engine, "job"):
         with transaction(engine) as conn:
             if job_id is not None:
-                conn.execute(events.update().where(events.c.job_id == job_id, events.c["class"] == "job",
-                                                   events.c.state == "open", events.c.id != ev_id)
-                             .values(state="closed", date_closed=now()))
-            rows = _job_rows(conn, jobs.c.id == job_id) if job_id is not None else []
-            reported = _jobs_with_event(conn, "NIKITA_KILL_PROBLEM", [job_id] if job_id else [])
+                eventsdb.close_job_events_of_job(conn, job_id, ev_id)
+            rows = jobsdb.job_with_owner(conn, job_id) if job_id is not None else []
+            reported = eventsdb.jobs_with_event(conn, "NIKITA_KILL_PROBLEM", [job_id] if job_id else [])
         if _kill_all(engine, killer, rows, reported, res):
             _close_frag(engine, ev_id, res)
 
@@ -250,7 +232,7 @@ def kill_expired_walltime(engine: Engine, killer: Killer, conf: Conf, res: Nikit
     margin = int(conf.get("NIKITA_WALLTIME_MARGIN"))
     t = now()
     with engine.connect() as conn:
-        running = _job_rows(conn, sa.and_(jobs.c.state == "running", jobs.c.start_time.is_not(None)))
+        running = jobsdb.running_jobs(conn)
         if not running:
             return
         props = sdb.properties_of(conn, sorted({j["campaign_id"] for j in running}))
@@ -267,7 +249,7 @@ def kill_expired_walltime(engine: Engine, killer: Killer, conf: Conf, res: Nikit
     if not expired:
         return
     with engine.connect() as conn:
-        traced = _jobs_with_event(conn, "CIGRI_WALLTIME", [j["id"] for j in expired])
+        traced = eventsdb.jobs_with_event(conn, "CIGRI_WALLTIME", [j["id"] for j in expired])
     for j in expired:
         if j["id"] not in traced:
             with transaction(engine) as conn:
@@ -284,11 +266,10 @@ def kill_expired_walltime(engine: Engine, killer: Killer, conf: Conf, res: Nikit
 def kill_waiting_too_long(engine: Engine, killer: Killer, conf: Conf, res: NikitaResult) -> None:
     limit = now() - timedelta(seconds=int(conf.get("REMOTE_WAITING_TIMEOUT")))
     with engine.connect() as conn:
-        waiting = _job_rows(conn, sa.and_(jobs.c.state == "remote_waiting", jobs.c.submission_time < limit,
-                                          jobs.c.remote_id.is_not(None)))
+        waiting = jobsdb.waiting_since(conn, limit)
         if not waiting:
             return
-        traced = _jobs_with_event(conn, "REMOTE_WAITING_FRAG", [j["id"] for j in waiting])
+        traced = eventsdb.jobs_with_event(conn, "REMOTE_WAITING_FRAG", [j["id"] for j in waiting])
     for j in waiting:
         if j["id"] not in traced:
             with transaction(engine) as conn:
@@ -304,16 +285,12 @@ def kill_waiting_too_long(engine: Engine, killer: Killer, conf: Conf, res: Nikit
 def purge_queued_too_long(engine: Engine, conf: Conf) -> int:
     limit = now() - timedelta(seconds=int(conf.get("REMOTE_WAITING_TIMEOUT")))
     with transaction(engine) as conn:
-        rows = conn.execute(sa.select(jobs_to_launch.c.id, jobs_to_launch.c.cluster_id, bag_of_tasks.c.param_id)
-                            .select_from(jobs_to_launch.outerjoin(bag_of_tasks,
-                                                                  bag_of_tasks.c.id == jobs_to_launch.c.task_id))
-                            .where(jobs_to_launch.c.queuing_date < limit)).all()
+        rows = queuedb.purge_queued_before(conn, limit)
         if not rows:
             return 0
-        for _id, cl, pid in rows:
+        for cl, pid in rows:
             if pid is not None:
-                jobsdb.decrease_affinity(conn, int(pid), int(cl))
-        conn.execute(jobs_to_launch.delete().where(jobs_to_launch.c.id.in_([r[0] for r in rows])))
+                jobsdb.decrease_affinity(conn, pid, cl)
         eventsdb.create_event(conn, "log", "QUEUED_FOR_TOO_LONG", state="closed", notified=True,
                               message=f"Removing {len(rows)} jobs from the queue because they were queued "
                                       "for too long")
@@ -326,15 +303,11 @@ def clean_affinity(engine: Engine, conf: Conf) -> bool:
     The marker event is created already notified and older markers are deleted."""
     period = int(conf.get("AFFINITY_CLEAN_PERIOD"))
     with transaction(engine) as conn:
-        last = conn.execute(sa.select(sa.func.max(events.c.date_open)).where(
-            events.c["class"] == "log", events.c.code == "NIKITA_CLEAN_AFFINITY")).scalar()
+        last = eventsdb.last_opened(conn, "log", "NIKITA_CLEAN_AFFINITY")
         if last is not None and (now() - last).total_seconds() < period:
             return False
-        dead = sa.select(parameters.c.id).select_from(
-            parameters.join(campaigns, campaigns.c.id == parameters.c.campaign_id)).where(
-            campaigns.c.state.in_(ENDED_CAMPAIGN_STATES))
-        conn.execute(tasks_affinity.delete().where(tasks_affinity.c.param_id.in_(dead)))
-        conn.execute(events.delete().where(events.c["class"] == "log", events.c.code == "NIKITA_CLEAN_AFFINITY"))
+        jobsdb.forget_affinity_of_ended_campaigns(conn)
+        eventsdb.delete_events(conn, "log", "NIKITA_CLEAN_AFFINITY")
         eventsdb.create_event(conn, "log", "NIKITA_CLEAN_AFFINITY", state="closed", notified=True,
                               message="Nikita cleaned affinity table")
     return True

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cigri import containers
+from cigri.clock import now
 from cigri.clusters import get_adapter
 from cigri.clusters.base import (
     ClusterAdapter,
@@ -39,13 +40,13 @@ from cigri.clusters.base import (
     TokenNotFound,
 )
 from cigri.config import Conf, get_conf
+from cigri.db import notify as dbnotify
 from cigri.db import queue as dbqueue
 from cigri.db import runner as db
 from cigri.db import taps as dbtaps
 from cigri.db.clusters import get_cluster, user_mapping
 from cigri.db.events import campaign_blacklists, cluster_blacklisted, create_event
 from cigri.db.jobs import change_state, change_states, decrease_affinity, new_batch_id
-from cigri.db.schema import now
 from cigri.engine.analysis import Analysis, analyze_remote_job
 from cigri.errors import NotFound
 from cigri.event_codes import KILL_CAUSE_WORDS
@@ -131,13 +132,6 @@ class Runner:
         self.closed_last_cycle: set[int] = set()
         #: campaign -> jobs accepted by the cluster but not started yet (bounds the pipeline)
         self.pending: dict[int, int] = {}
-        self.notifier: Callable[[Connection, str], None] | None = None
-        try:
-            from cigri.db import notify as _n
-
-            self._notify_mod: Any = _n
-        except ImportError:  # pragma: no cover - part B's helper absent
-            self._notify_mod = None
 
     # ------------------------------------------------------------------ setup
     def load(self) -> ClusterInfo:
@@ -163,8 +157,8 @@ class Runner:
         return self.cluster.id
 
     def _wake(self, conn: Connection, channel: str) -> None:
-        if self._notify_mod is not None:
-            self._notify_mod.notify(conn, getattr(self._notify_mod, channel))
+        """Wake a daemon (COLOMBO, JUDAS, UPDATOR, METASCHEDULER) once this transaction commits."""
+        dbnotify.notify(conn, getattr(dbnotify, channel))
 
     def _cluster_event(self, conn: Connection, e: ClusterAPIError, what: str) -> None:
         """Record an adapter error as the cluster event its code names (spec §8.5)."""

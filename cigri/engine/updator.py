@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from cigri.clock import now
 from cigri.clusters import get_adapter
 from cigri.clusters.base import ClusterAPIError, ClusterInfo, Outcome, RemoteJob
 from cigri.config import Conf, get_conf
@@ -27,7 +28,6 @@ from cigri.db import usage as usagedb
 from cigri.db.clusters import list_clusters, user_mapping
 from cigri.db.engine import transaction
 from cigri.db.notify import CAMPAIGNS, COLOMBO, JUDAS, METASCHEDULER, notify
-from cigri.db.schema import now
 
 log = logging.getLogger("cigri.updator")
 
