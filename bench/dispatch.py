@@ -5,6 +5,8 @@ limit measured in the same run (the same tasks POSTed directly as arrays of 100)
   bench/dispatch.py fake [--tasks 3000]            # fake OAR 2.5 HTTP server on loopback:
                                                    # CiGri's own ceiling (no constant caps it)
   bench/dispatch.py oar  [--tasks 300] [--task-seconds 1]   # testbed cluster c1 (real OAR 2.5)
+  bench/dispatch.py slurm [--tasks 300] [--task-seconds 1]  # the Slurm testbed (real slurmrestd; as root),
+                                                   # limit: the same tasks POSTed raw to slurmrestd
 
 Each run creates a scratch PostgreSQL database (dropped at the end), registers the cluster,
 submits a best-effort campaign of N tasks through the normal path (JDL → campaign), and runs
@@ -114,7 +116,7 @@ def make_handler(st: FakeOARState) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(n) or b"{}")
             if p != "jobs":
                 return self._send(202, {"status": "ok"})
-            lines = [ln for ln in str(body.get("param_file") or "").split("\n") if ln] or [None]
+            lines: list[str | None] = [ln for ln in str(body.get("param_file") or "").split("\n") if ln] or [None]
             out = []
             with st.lock:
                 st.posts += 1
@@ -181,8 +183,40 @@ def direct_limit(adapter: Any, exec_file: str, params: list[str], wait_done: boo
     return len(params) / (time.monotonic() - t0)
 
 
+def slurm_direct_limit(api: str, secs: float, n: int, user: str = "alice") -> float:
+    """tasks/s when Slurm is fed directly: the same number of tasks POSTed raw to slurmrestd as
+    arrays of 100 (a script that sleeps like the tasks), until Slurm has run them all."""
+    import requests
+
+    from tests.slurm_testbed import headers
+
+    base = f"{api}slurm/v0.0.38/"
+    s = requests.Session()
+    t0 = time.monotonic()
+    arrays = []
+    for i in range(0, n, 100):
+        size = min(100, n - i)
+        job: dict[str, Any] = {"name": "bench.direct", "array": f"0-{size - 1}", "partition": "bestcancel",
+               "current_working_directory": "/tmp", "standard_output": "/dev/null", "standard_error": "/dev/null",
+               "environment": {"PATH": "/usr/bin:/bin"}, "time_limit": 10}
+        r = s.post(base + "job/submit", json={"script": f"#!/bin/sh\nsleep {secs}\n", "job": job},
+                   headers=headers(user), timeout=60)
+        r.raise_for_status()
+        arrays.append((int(r.json()["job_id"]), size))
+    live = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING"}
+    pending = dict(arrays)
+    while pending:
+        for aid in list(pending):
+            recs = s.get(base + f"job/{aid}", headers=headers(user), timeout=60).json().get("jobs") or []
+            if recs and not any(r["job_state"] in live for r in recs):
+                del pending[aid]
+        if pending:
+            time.sleep(0.5)
+    return n / (time.monotonic() - t0)
+
+
 def run_cigri(conf: Conf, cluster_name: str, api_url: str, exec_file: str, params: list[str],
-              wait_done: bool, timeout: float, chunk: int) -> dict[str, float]:
+              wait_done: bool, timeout: float, chunk: int, row: dict[str, Any] | None = None) -> dict[str, float]:
     from cigri.campaigns import submit_campaign
     from cigri.db.engine import get_engine
     from cigri.engine import metascheduler
@@ -191,9 +225,9 @@ def run_cigri(conf: Conf, cluster_name: str, api_url: str, exec_file: str, param
     set_conf(conf)
     engine = get_engine(conf)
     with engine.begin() as c:
-        c.execute(schema.clusters.insert().values(name=cluster_name, api_url=api_url, batch="oar2_5",
-                                                  api_auth_type="none", resource_unit="core", enabled=True,
-                                                  api_chunk_size=chunk))
+        c.execute(schema.clusters.insert().values(**(row or dict(
+            name=cluster_name, api_url=api_url, batch="oar2_5", api_auth_type="none", resource_unit="core",
+            enabled=True, api_chunk_size=chunk))))
     stop = threading.Event()
 
     def sched() -> None:
@@ -212,8 +246,8 @@ def run_cigri(conf: Conf, cluster_name: str, api_url: str, exec_file: str, param
     cid = submit_campaign(engine, jdl, "alice", conf)
     threads = [threading.Thread(target=sched, daemon=True),
                threading.Thread(target=run_forever, args=(runner, stop.is_set), daemon=True)]
-    for t in threads:
-        t.start()
+    for th in threads:
+        th.start()
     samples: list[tuple[float, int, int]] = []
     n = len(params)
     deadline = time.monotonic() + timeout
@@ -228,8 +262,8 @@ def run_cigri(conf: Conf, cluster_name: str, api_url: str, exec_file: str, param
             break
         time.sleep(0.25)
     stop.set()
-    for t in threads:
-        t.join(timeout=10)
+    for th in threads:
+        th.join(timeout=10)
     t_end = samples[-1][0]
     sub_end = next((s[0] for s in samples if s[1] >= n), t_end)
     done_end = next((s[0] for s in samples if s[2] >= n), float("nan"))
@@ -248,9 +282,34 @@ def run_cigri(conf: Conf, cluster_name: str, api_url: str, exec_file: str, param
             "all_done_s": done_end}
 
 
+def slurm_mode(conf: Conf, args: argparse.Namespace) -> int:
+    """CiGri's runner on the Slurm testbed (best-effort in its CANCEL partition) next to Slurm fed
+    directly, in the same run."""
+    from tests.slurm_testbed import cluster_row, testbed_url
+
+    n = args.tasks or 300
+    secs = args.task_seconds if args.task_seconds is not None else 1.0
+    api = testbed_url()
+    exe = Path("/home/alice/cigri_bench_sleep.sh")
+    exe.write_text("#!/bin/sh\nsleep $1\n")
+    exe.chmod(0o755)
+    limit = slurm_direct_limit(api, secs, n)
+    row = cluster_row("sl") | {"api_chunk_size": 100}
+    res = run_cigri(conf, "sl", api, f"{exe} {secs}", [f"{i} y" for i in range(n)], True, args.timeout, 100, row)
+    rate = res["done_per_s"]
+    print(f"mode=slurm tasks={n} task_seconds={secs} api={api} (2 fake nodes x 4 CPUs)")
+    print(f"  limit (Slurm fed directly: raw POSTs of arrays of 100, completed): {limit:8.1f} tasks/s")
+    print(f"  CiGri runner, completed:                                        {rate:8.1f} tasks/s "
+          f"({rate / limit:.2f} of the limit)")
+    print(f"  CiGri submission rate {res['submitted_per_s']:.1f} tasks/s (peak over 2 s: {res['peak_2s_per_s']:.1f});"
+          f" all submitted after {res['all_submitted_s']:.1f} s; full rate after {res['full_rate_after_s']:.1f} s")
+    print(f"  all tasks terminated {res['all_done_s']:.1f} s after campaign submission")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["fake", "oar"])
+    ap.add_argument("mode", choices=["fake", "oar", "slurm"])
     ap.add_argument("--tasks", type=int, default=None)
     ap.add_argument("--task-seconds", type=float, default=None)
     ap.add_argument("--timeout", type=float, default=600)
@@ -271,6 +330,8 @@ def main() -> int:
             api = f"http://127.0.0.1:{server.server_address[1]}/oarapi/"
             exec_file = "/bin/true"
             wait_done = False
+        elif args.mode == "slurm":
+            return slurm_mode(conf, args)
         else:
             n = args.tasks or 300
             secs = args.task_seconds if args.task_seconds is not None else 1.0

@@ -107,6 +107,7 @@ SLURM_STATES: dict[str, Outcome] = {
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 #: what the task script writes in its comment when it could not enter its working directory
 WORKDIR_MARK = "cigri-workdir-error"
+PARAMS_END = "CIGRI_END_OF_PARAMETER_LINES"  # ends the here-document of a task script's parameter lines
 
 
 def remote_id(array_job_id: int, index: int) -> int:
@@ -168,13 +169,19 @@ def parse_array_spec(spec: str) -> set[int]:
 
 def format_ids(ids: Sequence[int]) -> str:
     """"1001-1050,1060": consecutive runs of the (ordered) ids, order kept."""
+    if ids and list(ids) == list(range(ids[0], ids[0] + len(ids))):
+        return _run_text(ids[0], ids[-1])
     runs: list[list[int]] = []
     for i in ids:
         if runs and i == runs[-1][1] + 1:
             runs[-1][1] = i
         else:
             runs.append([i, i])
-    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+    return ",".join(_run_text(a, b) for a, b in runs)
+
+
+def _run_text(a: int, b: int) -> str:
+    return f"{a}-{b}" if b > a else str(a)
 
 
 def parse_ids(text: str) -> list[int]:
@@ -242,13 +249,19 @@ def slurm_resources(resources: str | None) -> tuple[dict[str, Any], int | None]:
 # ----------------------------------------------------------------------------- task script
 
 
+def _shell_text(text: str) -> str:
+    """CiGri's `\\$` escapes (written for OAR's submission shell) undone, lines joined."""
+    if "\\" in text:
+        text = _UNESCAPE.sub(r"\1", text)
+    return text.replace("\r", " ").replace("\n", " ") if ("\n" in text or "\r" in text) else text
+
+
 def task_line(command: str, param: str | None) -> str:
-    """The shell line task i runs: the command (exec_file, already wrapped for its container
-    by the runner) followed by its parameter line, with CiGri's `\\$` escapes (written for
-    OAR's submission shell) undone: bash evaluates the line when the task runs. This is the
-    one place the Slurm adapter builds a task's command."""
-    line = command if param is None else f"{command} {param}"
-    return _UNESCAPE.sub(r"\1", line.replace("\r", " ").replace("\n", " "))
+    """The shell line a task runs, evaluated by bash when it runs: the command (exec_file,
+    already wrapped for its container by the runner), then its parameter line after a space.
+    The one definition of a Slurm task's command: `task_script` builds exactly this line for
+    array task i from line i (tests/clusters/test_slurm_payloads.py checks it)."""
+    return _shell_text(command) if param is None else f"{_shell_text(command)} {_shell_text(param)}"
 
 
 def _directory_shell(directory: str | None) -> str:
@@ -266,10 +279,23 @@ def task_script(request: JobRequest, key: str, stderr_lines: int) -> str:
     """The batch script of one array: task i evaluates line i, in the working directory,
     with its outputs in `<name>.<array>_<i>.stdout|stderr` (or the request's files); when it
     fails, the tail of its stderr goes into its job comment (slurmrestd serves no files)."""
-    params: list[str | None] = list(request.params) or [None]
     name = request.name or "cigri"
-    cases = "\n".join(f"{i}) cigri_line={shlex.quote(task_line(request.command, p))} ;;"
-                      for i, p in enumerate(params))
+    lines = [_shell_text(p) for p in request.params]
+    if not lines:
+        select = f"cigri_line={shlex.quote(task_line(request.command, None))}"
+    elif PARAMS_END not in lines:
+        # line i of the here-document is task i's parameter line, read as is (no quoting to undo)
+        block = "\n".join(lines)
+        select = (f"mapfile -t cigri_params <<'{PARAMS_END}'\n{block}\n{PARAMS_END}\n"
+                  f"cigri_i=${{SLURM_ARRAY_TASK_ID:-0}}\n"
+                  f'[ "$cigri_i" -lt "${{#cigri_params[@]}}" ] || {{ echo "CiGri: no parameter line for array task '
+                  f'$cigri_i" >&2; exit 1; }}\n'
+                  f'cigri_line={shlex.quote(_shell_text(request.command))}" ${{cigri_params[$cigri_i]}}"')
+    else:  # a parameter line that ends the here-document: one quoted line per task instead
+        cases = "\n".join(f"{i}) cigri_line={shlex.quote(task_line(request.command, p))} ;;"
+                          for i, p in enumerate(request.params))
+        select = (f'case "${{SLURM_ARRAY_TASK_ID:-0}}" in\n{cases}\n'
+                  f'*) echo "CiGri: no parameter line for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;\nesac')
     out = shlex.quote(request.stdout) if request.stdout else f'{shlex.quote(name)}".$cigri_task.stdout"'
     err = shlex.quote(request.stderr) if request.stderr else f'{shlex.quote(name)}".$cigri_task.stderr"'
     wd_msg = f"{WORKDIR_MARK}: cannot enter the working directory {request.directory or '$HOME'}"
@@ -292,10 +318,7 @@ if ! cd -- {_directory_shell(request.directory)} 2>/dev/null; then
   cigri_note {shlex.quote(wd_msg)} ""
   exit 1
 fi
-case "${{SLURM_ARRAY_TASK_ID:-0}}" in
-{cases}
-*) echo "CiGri: no parameter line for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;
-esac
+{select}
 cigri_err={err}
 exec >{out} 2>"$cigri_err" </dev/null
 ( eval "$cigri_line" )
@@ -560,23 +583,43 @@ class SlurmAdapter(ClusterAdapter):
         """POST bodies for a request, each with the parameter positions (array indices) it runs:
         arrays of at most MAX_ARRAY tasks whose job-id key fits in KEY_MAX."""
         n = max(1, len(request.params))
-        ids = list(request.job_ids)
+        ids = list(request.job_ids) if request.params else []
         chunks: list[list[int]] = []
         cur: list[int] = []
+        runs: list[list[int]] = []  # the key's runs of consecutive ids, and its length, kept as ids are added
+        key_len = 0
+        if n <= MAX_ARRAY and (not ids or (len(ids) == n and ids == list(range(ids[0], ids[0] + n)))):
+            n = 0  # the usual case, one array of consecutive job ids: nothing to split
+            cur = list(range(max(1, len(request.params))))
         for pos in range(n):
-            trial = cur + [pos]
-            key_len = len(format_ids([ids[p] for p in trial if p < len(ids)])) if ids else 0
-            if cur and (len(trial) > MAX_ARRAY or key_len > KEY_MAX):
+            if pos < len(ids):
+                i = ids[pos]
+                extend = bool(runs) and i == runs[-1][1] + 1
+                if extend:  # "a" -> "a-i" or "a-b" -> "a-i"
+                    a, b = runs[-1]
+                    grown = len(str(i)) + 1 if a == b else len(str(i)) - len(str(b))
+                else:
+                    grown = len(str(i)) + 1
+                if cur and (len(cur) >= MAX_ARRAY or key_len + grown > KEY_MAX):
+                    chunks.append(cur)
+                    cur, runs, key_len = [], [], 0
+                    extend, grown = False, len(str(i)) + 1
+                if extend:
+                    runs[-1][1] = i
+                else:
+                    runs.append([i, i])
+                key_len += grown
+            elif cur and len(cur) >= MAX_ARRAY:
                 chunks.append(cur)
-                trial = [pos]
-            cur = trial
+                cur = []
+            cur.append(pos)
         chunks.append(cur)
         resources, wall = slurm_resources(request.resources)
         minutes = _minutes(request.walltime) or wall
         bodies = []
         for positions in chunks:
             params = [request.params[p] for p in positions] if request.params else []
-            chunk_ids = [ids[p] for p in positions if p < len(ids)] if request.params else ids
+            chunk_ids = [ids[p] for p in positions if p < len(ids)] if request.params else list(request.job_ids)
             key = f"cigri:{format_ids(chunk_ids)}" if chunk_ids else "cigri:"
             sub = JobRequest(**{**request.__dict__, "params": params, "job_ids": chunk_ids})
             job: dict[str, Any] = {
