@@ -167,7 +167,7 @@ class Executor:
         the tasks that ended (or lost their shepherd) while none was running."""
         for slot in sorted(self.store.slot_names()):
             path = self.store.slot_path(slot)
-            rec, ended = read_task_file(path)
+            rec, ended = read_task_file(path, raw=True)
             if rec is None or not isinstance(rec.get("id"), int):
                 continue
             first = self._first_of(rec["id"])
@@ -257,7 +257,8 @@ class Executor:
             return
         self.by_pid.pop(run.pid, None)
         path = self.store.slot_path(run.slot)
-        rec, ended = read_task_file(path)
+        self.save_outputs(run.slot, run.outputs)  # first: a task is seen ended with its outputs in place
+        rec, ended = read_task_file(path, raw=True)
         if rec is not None and rec.get("id") != job_id:
             rec = None
         if rec is not None and not ended:
@@ -265,12 +266,11 @@ class Executor:
                 # The shell ended without writing a status (the task ran `exit`, or the shell
                 # was killed): its parent, this executor, knows it.
                 append_line(path, status_line(wait_status))
-                rec, ended = read_task_file(path)
+                rec, ended = read_task_file(path, raw=True)
             else:
                 rec = self.store.mark_lost(run.slot, log=False)
         if rec is None:  # cannot happen unless someone rewrote the slot: the task is lost
             rec = lost_record(job_id)
-        self.save_outputs(run.slot, run.outputs)
         self.ended(job_id, rec)
         self._release(run)
 
@@ -605,7 +605,7 @@ def migrate_old_layout(store: Store) -> None:
     for path in paths:
         if not path.name.isdigit():
             continue
-        rec, ended = read_task_file(str(path))
+        rec, ended = read_task_file(str(path), raw=True)
         if rec is None:
             continue
         if not ended:

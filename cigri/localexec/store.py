@@ -201,9 +201,13 @@ def upgrade_record(rec: Record) -> Record:
     return rec
 
 
-def read_task_file(path: str) -> tuple[Record | None, bool]:
+def read_task_file(path: str, raw: bool = False) -> tuple[Record | None, bool]:
     """(record, ended) from a slot file; (None, False) if it is missing or being rewritten.
-    The record holds what changes while a task runs (merge it into `task_record`)."""
+    The record holds what changes while a task runs (merge it into `task_record`).
+
+    A task whose status is written but whose outputs are still in the slot's files (the
+    executor moves them when it reaps the shepherd) is shown running: whoever sees a task
+    ended finds its outputs in place. `raw`: the status as written (for the executor)."""
     try:
         with open(path) as f:
             text = f.read()
@@ -211,7 +215,24 @@ def read_task_file(path: str) -> tuple[Record | None, bool]:
     except FileNotFoundError:
         return None, False
     rec = parse_task_file(text, mtime)
-    return rec, bool(rec is not None and rec.get("state") == ENDED)
+    ended = bool(rec is not None and rec.get("state") == ENDED)
+    if ended and not raw and outputs_pending(path):
+        assert rec is not None
+        rec = {k: v for k, v in rec.items() if k not in ("exit_code", "stop_time", "reason", "detail")}
+        rec["state"] = RUNNING
+        return rec, False
+    return rec, ended
+
+
+def outputs_pending(slot_path: str) -> bool:
+    """Is there output of the slot's last task still to move to the task's files?"""
+    for ext in (".out", ".err"):
+        try:
+            if os.stat(slot_path + ext).st_size:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
 
 
 def append_line(path: str, line: str) -> bool:
@@ -461,14 +482,14 @@ class Store:
         (in the slot and, unless the executor does it, in its array's log) and kill what
         is left of the task."""
         path = self.slot_path(slot)
-        rec, ended = read_task_file(path)
+        rec, ended = read_task_file(path, raw=True)
         if rec is None or ended or self.lock_alive(path) is not False:
             return rec
         append_line(path, "lost")
         if rec.get("shepherd"):  # what is left of the task (its process group)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(rec["shepherd"]), 9)
-        rec, _ = read_task_file(path)
+        rec, _ = read_task_file(path, raw=True)
         found = self.array_of(rec["id"]) if rec and log else None
         if rec is not None and found is not None:
             self.append_log(found[0]["first"], [rec])

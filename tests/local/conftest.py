@@ -83,8 +83,13 @@ def wait_ended(adapter: LocalAdapter, ids: Sequence[int], timeout: float = DEADL
 
 
 def wait_state(adapter: LocalAdapter, job_id: int, state: Outcome, timeout: float = DEADLINE) -> RemoteJob:
-    return wait_for(lambda: (j := adapter.get_job(job_id)).outcome is state and j,  # type: ignore[return-value]
-                    timeout, f"job {job_id} {state}")
+    """The job once in `state` (running: once its shepherd's pid, written just after, is there)."""
+    def seen() -> RemoteJob | None:
+        j = adapter.get_job(job_id)
+        ok = j.outcome is state and (state is not Outcome.RUNNING or j.raw.get("shepherd"))
+        return j if ok else None
+
+    return wait_for(seen, timeout, f"job {job_id} {state}")  # type: ignore[return-value]
 
 
 class LocalMode:

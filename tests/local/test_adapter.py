@@ -313,3 +313,19 @@ def test_records_of_the_first_executor_are_read_in_todays_words(make_adapter, wo
     jobs = a.get_jobs([first, first + 1])
     assert (jobs[first].outcome, jobs[first].exit) == (Outcome.DONE, ExitStatus(code=3))
     assert jobs[first + 1].outcome is Outcome.WALLTIME and jobs[first + 1].reason == "walltime"
+
+
+def test_a_task_is_seen_ended_only_once_its_outputs_are_in_place(tmp_path: Path):
+    """The shepherd writes the status, the executor then moves the outputs out of the slot:
+    until it has, readers see the task running (its output would be missing otherwise)."""
+    from cigri.localexec.store import read_task_file
+
+    slot = tmp_path / "1"
+    slot.write_text('{"id": 5, "state": "running", "start_time": 1}\nP 123\n0\n')
+    Path(f"{slot}.out").write_text("result\n")
+    rec, ended = read_task_file(str(slot))
+    assert rec is not None and rec["state"] == "running" and not ended and "exit_code" not in rec
+    assert read_task_file(str(slot), raw=True)[1]  # the executor sees the status itself
+    Path(f"{slot}.out").rename(tmp_path / "task.stdout")
+    rec, ended = read_task_file(str(slot))
+    assert ended and rec is not None and rec["exit_code"] == 0
