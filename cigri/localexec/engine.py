@@ -42,6 +42,7 @@ class LocalEngine:
         self.waiter: Any = None
         self.due: dict[str, float] = {}
         self.db_trouble_since: float | None = None
+        self.spent: dict[str, list[Any]] = {}  # module -> [cycles, seconds]: logged at exit
 
     def _on_term(self, _signum: int, _frame: Any) -> None:
         self.stopping = True  # no logging in a signal handler
@@ -51,8 +52,12 @@ class LocalEngine:
     def _guarded(self, name: str, fn: Callable[[], Any]) -> Any:
         """One module's cycle: a busy or failing database is waited for (and said so when it
         lasts), an error in one module never stops the others."""
+        t = time.monotonic()
         try:
             res = fn()
+            spent = self.spent.setdefault(name, [0, 0.0])
+            spent[0] += 1
+            spent[1] += time.monotonic() - t
             if self.db_trouble_since is not None:
                 log.info("Database usable again after %.0f s", time.monotonic() - self.db_trouble_since)
                 self.db_trouble_since = None
@@ -99,26 +104,31 @@ class LocalEngine:
         idle = float(conf.get("RUNNER_MIN_CYCLE_DURATION"))
         busy = min(1.0, idle)
         log.info("Local engine started (cluster %s, id %s)", info.name, info.id)
-        woken = True
+        # The runner's turn comes at every wake-up (the executor's, most often); the meta-
+        # scheduler's when the runner has nothing queued, or woken by a notification seen
+        # while the runner had work queued; the others' once per period.
+        woken, starved = True, True
         try:
             while not self.stopping:
-                self._periodic("metascheduler", cycle, woken, lambda: metascheduler.cycle(engine, conf))
+                self._periodic("metascheduler", cycle, woken and starved, lambda: metascheduler.cycle(engine, conf))
                 res = self._guarded("runner", runner.run_cycle) or CycleResult(in_flight=1)
-                self._periodic("colombo", colombo.POLL, woken, lambda: colombo.cycle(engine, conf))
-                self._periodic("nikita", cycle, woken, lambda: nikita.cycle(engine, conf))
-                self._periodic("updator", cycle, woken, lambda: updator.cycle(engine, conf))
+                starved = not res.queued
+                self._periodic("colombo", colombo.POLL, False, lambda: colombo.cycle(engine, conf))
+                self._periodic("nikita", cycle, False, lambda: nikita.cycle(engine, conf))
+                self._periodic("updator", cycle, False, lambda: updator.cycle(engine, conf))
                 self._periodic("judas", float(conf.get("JUDAS_POLL")), False, lambda: judas.cycle(engine, conf))
                 if res.submitted:
                     woken = True
                     continue
-                woken = self.waiter.wait(busy if (res.in_flight or res.queued) else idle)
+                woken = self.waiter.wait(min(cycle, busy if (res.in_flight or res.queued) else idle))
         except ClusterGone as e:
             log.warning("%s: local engine exiting.", e)
         finally:
             self._guarded("judas", lambda: judas.cycle(engine, conf))  # the last notifications
             self.waiter.close()
             engine.dispose()
-        log.info("Interruption caught: exiting.")
+        log.info("Interruption caught: exiting (cycles: %s)", ", ".join(
+            f"{k} {n} in {sec:.1f} s" for k, (n, sec) in sorted(self.spent.items())))
         return 0
 
 
