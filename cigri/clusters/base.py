@@ -346,7 +346,9 @@ class ClusterAdapter(abc.ABC):
 
     @abc.abstractmethod
     def get_resources(self) -> list[dict[str, Any]]:
-        """Resources of this logical cluster (filtered by the cluster's `properties`)."""
+        """Resources of this logical cluster (filtered by the cluster's `properties`): the
+        batch system's fields (`id`, the `resource_unit` keys…) plus CiGri's `available`
+        (bool: the resource can run jobs now), decided by the adapter from its own states."""
 
     @abc.abstractmethod
     def get_running_jobs(self) -> list[RemoteJob]:

@@ -264,7 +264,7 @@ class LocalAdapter(ClusterAdapter):
     def get_resources(self) -> list[dict[str, Any]]:
         host = socket.gethostname()
         res = [{"id": i, "resource_id": i, "core": i, "cpu": 1, "cpuset": i - 1, "state": "Alive",
-                "network_address": host, "host": host, "type": "default", "besteffort": "YES",
+                "available": True, "network_address": host, "host": host, "type": "default", "besteffort": "YES",
                 "available_upto": 2147483647, "cluster": self.cluster.name}
                for i in range(1, self.cores + 1)]
         wanted = _properties_filter(self.cluster.properties)

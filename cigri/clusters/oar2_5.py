@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -100,6 +101,17 @@ def oar_outcome(state: str, exit_code: int | None,
         if end is not None:
             return end, exit_, None
     return (Outcome.DONE if state == "Terminated" else Outcome.ERROR), exit_, None
+
+
+def oar_resource_available(res: dict[str, Any], at: float) -> bool:
+    """`Alive`, or `Absent` until a wake-up date still to come (energy saving)."""
+    state = str(res.get("state", ""))
+    if state == "Alive":
+        return True
+    try:
+        return state == "Absent" and res.get("available_upto") is not None and float(res["available_upto"]) > at
+    except (TypeError, ValueError):
+        return False
 
 
 def _describe(events: Sequence[dict[str, Any]]) -> tuple[str, str]:
@@ -346,6 +358,7 @@ class Oar25Adapter(ClusterAdapter):
         r.pop("links", None)
         if "id" not in r and "resource_id" in r:
             r["id"] = r["resource_id"]
+        r["available"] = oar_resource_available(r, time.time())
         return r
 
     def get_running_jobs(self) -> list[RemoteJob]:

@@ -807,7 +807,8 @@ class SlurmAdapter(ClusterAdapter):
                 for k in range(cores):
                     rid = f"{n.get('name')}/{s}.{k}"
                     out.append({"id": rid, "resource_id": rid, "core": rid, "network_address": n.get("name"),
-                                "host": n.get("name"), "state": "Alive" if alive else "Dead"})
+                                "host": n.get("name"), "state": "Alive" if alive else "Dead",
+                                "available": alive})
         return out
 
     def get_running_jobs(self) -> list[RemoteJob]:

@@ -81,29 +81,22 @@ def update_finished(engine: Engine) -> list[int]:
 # ---------------------------------------------------------------- 5. grid usage
 
 
-def _available(res: dict[str, Any], t: float) -> bool:
-    state = str(res.get("state", ""))
-    if state == "Alive":
-        return True
-    upto = res.get("available_upto")
-    try:
-        return state == "Absent" and upto is not None and float(upto) > t
-    except (TypeError, ValueError):
-        return False
+def _available(res: dict[str, Any]) -> bool:
+    """The adapter's verdict (cigri.clusters.base.ClusterAdapter.get_resources)."""
+    return res.get("available") is True
 
 
 def compute_usage(cluster: ClusterInfo, resources: list[dict[str, Any]], running: list[RemoteJob],
                   cigri_ids: set[int]) -> tuple[int, int, int, int]:
     """(max, used, unavailable, used_by_cigri) in distinct `resource_unit` units."""
     unit_key = cluster.resource_unit or "resource_id"
-    t = now().timestamp()
     unit_of: dict[Any, Any] = {}
     unavailable: set[Any] = set()
     for r in resources:
         rid = r.get("id", r.get("resource_id"))
         unit = r.get(unit_key, rid) if unit_key != "resource_id" else rid
         unit_of[rid] = unit
-        if not _available(r, t):
+        if not _available(r):
             unavailable.add(unit)
     all_units = set(unit_of.values())
     used: set[Any] = set()

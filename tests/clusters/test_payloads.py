@@ -8,7 +8,13 @@ import pytest
 
 from cigri.clusters import get_adapter
 from cigri.clusters.base import ClusterInfo, ExitStatus, JobRequest, Outcome, RemoteJob
-from cigri.clusters.oar2_5 import escape_for_oar25_command, filter_resources, oar_outcome, parse_properties
+from cigri.clusters.oar2_5 import (
+    escape_for_oar25_command,
+    filter_resources,
+    oar_outcome,
+    oar_resource_available,
+    parse_properties,
+)
 
 
 def oar25() -> object:
@@ -107,3 +113,11 @@ def test_oar_automatic_resubmission_names_the_new_job() -> None:
     ev = [{"type": "RESUBMIT_JOB_AUTOMATICALLY", "description": "The job 7 was resubmitted (new id = 12)"}]
     assert oar_outcome("Error", None, ev) == (Outcome.REQUEUED, None, 12)
     assert oar_outcome("Error", None, [{"type": "RESUBMIT_JOB_AUTOMATICALLY"}])[0] is Outcome.ERROR
+
+
+@pytest.mark.parametrize("res,ok", [
+    ({"state": "Alive"}, True), ({"state": "Suspected"}, False), ({"state": "Dead"}, False),
+    ({"state": "Absent", "available_upto": 2000}, True),  # asleep, wakes up on demand
+    ({"state": "Absent", "available_upto": 500}, False), ({"state": "Absent"}, False)])
+def test_oar_resource_availability(res: dict[str, Any], ok: bool) -> None:
+    assert oar_resource_available(res, at=1000) is ok

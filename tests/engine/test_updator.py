@@ -84,10 +84,10 @@ class FakeClusterAdapter:
 
     def get_resources(self):
         # 4 cores on 2 nodes; node n2's second core is Suspected
-        return [{"id": 1, "core": 1, "network_address": "n1", "state": "Alive"},
-                {"id": 2, "core": 2, "network_address": "n1", "state": "Alive"},
-                {"id": 3, "core": 3, "network_address": "n2", "state": "Alive"},
-                {"id": 4, "core": 4, "network_address": "n2", "state": "Suspected"}]
+        return [{"id": 1, "core": 1, "network_address": "n1", "state": "Alive", "available": True},
+                {"id": 2, "core": 2, "network_address": "n1", "state": "Alive", "available": True},
+                {"id": 3, "core": 3, "network_address": "n2", "state": "Alive", "available": True},
+                {"id": 4, "core": 4, "network_address": "n2", "state": "Suspected", "available": False}]
 
     def get_running_jobs(self):
         return [RemoteJob(id=10, outcome=Outcome.RUNNING, resources=[{"id": 1}, {"id": 2}]),  # CiGri's job
