@@ -7,7 +7,8 @@ v0.0.38, Slurm 22.05). How CiGri's notions land on Slurm (the user's view: docs/
   its commands, so task i runs exactly line i. Pending array tasks have no job id of their
   own in Slurm, so CiGri's remote id of task i of array A is `A * 10**7 + i`
   (`remote_id`, `slurm_job_id` -> "A_i"); Slurm's MaxArraySize is below 10**7.
-- The array's `comment` carries the CiGri job ids it runs ("cigri:1001-1050"): after a crash
+- The array's `comment` carries the CiGri job ids it runs ("cigri:<instance>:1001-1050", the
+  instance naming CiGri's database: job ids are unique in one only): after a crash
   between a submission and its recording, `find_submitted` finds the array again.
 - slurmrestd serves no files. A task that fails writes the tail of its stderr (and the path
   of the file) into its own job comment with `scontrol update` before it exits; `stderr_tail`
@@ -29,6 +30,7 @@ v0.0.38, Slurm 22.05). How CiGri's notions land on Slurm (the user's view: docs/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -66,13 +68,13 @@ API_VERSIONS = ("v0.0.38",)
 INDEX_BASE = 10_000_000  # remote id = array job id * INDEX_BASE + array index
 MAX_ARRAY = 1000  # tasks per array: Slurm's default MaxArraySize is 1001
 COMMENT_MAX = 1024  # Slurm refuses longer job comments
-KEY_MAX = 300  # bytes of the "cigri:<job ids>" key; a submission whose ids need more is split
+KEY_MAX = 300  # bytes of the job ids in the "cigri:<instance>:<job ids>" key; more: the submission is split
 TOKEN_LIFESPAN = 900  # seconds a token CiGri signs is valid
 MAX_SERVER_THREADS = 256  # slurmctld's limit of RPC threads (the stress factor's scale)
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 ERR_INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID: Slurm does not know (or no longer knows) the job
 ERR_ACCESS_DENIED = 2002  # ESLURM_ACCESS_DENIED: another user's job
-_KEY = re.compile(r"^cigri:([0-9,\-]+)$")
+_KEY = re.compile(r"^cigri:([0-9a-f]+):([0-9,\-]*)$")
 _UNESCAPE = re.compile(r"\\([$`])")
 
 # ----------------------------------------------------------------------------- translation
@@ -192,10 +194,21 @@ def parse_ids(text: str) -> list[int]:
     return out
 
 
-def key_of(comment: str) -> list[int] | None:
-    """The CiGri job ids of a job comment's first line ("cigri:1001-1050"), or None."""
+def key_of(comment: str, instance: str | None = None) -> list[int] | None:
+    """The CiGri job ids of a job comment's first line ("cigri:<instance>:1001-1050"), or None
+    (also when it was written by another CiGri instance than `instance`)."""
     m = _KEY.match((comment or "").split("\n", 1)[0].strip())
-    return parse_ids(m.group(1)) if m else None
+    if not m or (instance is not None and m.group(1) != instance):
+        return None
+    return parse_ids(m.group(2))
+
+
+def instance_tag(conf: Any) -> str:
+    """Which CiGri database the job ids of a key belong to (job ids are only unique in one
+    database; several CiGri servers, or test databases, may submit as the same user)."""
+    where = "|".join(str(_conf_get(conf, k, "")) for k in ("DATABASE_TYPE", "DATABASE_HOST", "DATABASE_PORT",
+                                                               "DATABASE_NAME", "DATABASE_PATH"))
+    return hashlib.sha1(where.encode()).hexdigest()[:8]
 
 
 def _minutes(walltime: str | None) -> int | None:
@@ -419,6 +432,7 @@ class SlurmAdapter(ClusterAdapter):
         self._owners: dict[str, str] = {}  # cluster login -> the grid user whose token names it
         self._lock = threading.Lock()
         self.stderr_lines = int(_conf_get(conf, "STDERR_TAIL", 5))
+        self.instance = instance_tag(conf)
 
     # ------------------------------------------------------------------ identity
 
@@ -620,7 +634,7 @@ class SlurmAdapter(ClusterAdapter):
         for positions in chunks:
             params = [request.params[p] for p in positions] if request.params else []
             chunk_ids = [ids[p] for p in positions if p < len(ids)] if request.params else list(request.job_ids)
-            key = f"cigri:{format_ids(chunk_ids)}" if chunk_ids else "cigri:"
+            key = f"cigri:{self.instance}:{format_ids(chunk_ids)}"
             sub = JobRequest(**{**request.__dict__, "params": params, "job_ids": chunk_ids})
             job: dict[str, Any] = {
                 "name": request.name or "cigri",
@@ -754,7 +768,7 @@ class SlurmAdapter(ClusterAdapter):
         for rec in data.get("jobs") or []:
             if not isinstance(rec, dict) or str(rec.get("user_name") or "") != mine:
                 continue
-            ids = key_of(str(rec.get("comment") or ""))
+            ids = key_of(str(rec.get("comment") or ""), self.instance)
             if not ids:
                 continue
             array_id = int(rec.get("array_job_id") or 0) or int(rec.get("job_id") or 0)

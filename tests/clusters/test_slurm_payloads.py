@@ -28,6 +28,7 @@ from cigri.clusters.slurm import (
     task_line,
     task_script,
 )
+from cigri.config import Conf
 
 PARAMS = ["1", "1 0", '"two words" x', "'a;b|c&d>e' f", "'$HOME' '`id`'", r"x\ y", "a#b", "é 日本", r"\$HOME/z",
           "", "  spaced  ", "$(echo sub)"]
@@ -115,12 +116,15 @@ def test_submissions_split_by_array_size_and_key_length() -> None:
         assert [p for _, ps in subs for p in ps] == list(range(len(params)))
         got: list[int] = []
         for body, ps in subs:
-            assert len(ps) <= MAX_ARRAY and len(body["job"]["comment"]) <= len("cigri:") + KEY_MAX
+            assert len(ps) <= MAX_ARRAY and len(body["job"]["comment"]) <= len(f"cigri:{a.instance}:") + KEY_MAX
             assert body["job"]["array"] == f"0-{len(ps) - 1}"
-            got += key_of(body["job"]["comment"]) or []
+            got += key_of(body["job"]["comment"], a.instance) or []
+            assert key_of(body["job"]["comment"], "another0") is None  # another CiGri's jobs are never adopted
         assert got == ids
     (single, positions), = a.build_submissions(JobRequest(command="prologue", job_ids=[42]))
-    assert positions == [] and single["job"]["array"] == "0" and single["job"]["comment"] == "cigri:42"
+    assert positions == [] and single["job"]["array"] == "0" and single["job"]["comment"] == f"cigri:{a.instance}:42"
+    other = SlurmAdapter(a.cluster, conf=Conf(values={"DATABASE_NAME": "another_cigri"}))
+    assert other.instance != a.instance
 
 
 def test_partitions_qos_resources_and_time_limit() -> None:

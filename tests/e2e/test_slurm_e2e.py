@@ -6,6 +6,7 @@ kills the Slurm jobs. Every parameter ends with exactly one terminated job."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,9 @@ import sqlalchemy as sa
 from cigri.campaigns import cancel_campaign, submit_campaign
 from cigri.clusters import get_adapter
 from cigri.clusters.base import Outcome
+from cigri.clusters.slurm import instance_tag, key_of, parse_array_spec, remote_id
 from cigri.db import schema
+from cigri.db.admission_rules import DISABLED_MARK
 from cigri.db.clusters import get_cluster
 from cigri.db.events import close_event, cluster_blacklisted
 from tests import slurm_testbed as stb
@@ -29,7 +32,8 @@ SL = "slr"  # the Slurm testbed as a CiGri cluster: best-effort in the REQUEUE p
 @pytest.fixture(scope="module")
 def sl(grid: Grid) -> Iterator[int]:
     """Register the Slurm testbed in the running grid (almighty starts its runner)."""
-    row = stb.cluster_row(SL, besteffort_partition="besteffort", besteffort_mode="requeue")
+    row = stb.cluster_row(SL, besteffort_partition="besteffort", besteffort_mode="requeue",
+                          normal_partition="normal")
     with grid.engine.begin() as c:
         cid = int(c.execute(schema.clusters.insert().values(**row).returning(schema.clusters.c.id)).scalar_one())
     grid.clusters[SL] = cid
@@ -143,3 +147,60 @@ def test_cancel_kills_the_slurm_jobs(grid: Grid, sl: int) -> None:
     assert all(r.outcome in (Outcome.KILLED, Outcome.LOST) for r in ad.get_jobs(rids).values())
     assert not [j for j in stb.active_jobs() if j["name"] == f"cigri.{cid}"]
     assert grid.campaign_state(cid) == "cancelled"
+
+
+def test_kill9_of_the_slurm_runner_mid_submission_loses_and_duplicates_nothing(grid: Grid, sl: int) -> None:
+    """The runner tags each array with its CiGri job ids: after a kill -9 between a POST and its
+    recording, the restarted runner adopts the array instead of submitting it again."""
+    quick = script("quick_slurm.sh", "sleep 1\n")
+    n = 60
+    cid = submit_campaign(grid.engine, jdl("kill9-slurm", quick, [f"q{i}" for i in range(n)], {SL: {}}), "alice",
+                          grid.conf)
+    for _ in range(3):
+        wait_for("some jobs submitted", lambda: any(j["state"] in ("launching", "submitted", "running")
+                                                    for j in grid.jobs(cid)))
+        grid.kill9_runner(SL)
+        time.sleep(1.5)
+        wait_for("runner restarted", lambda: grid.runner_pid(SL), timeout=60)
+    wait_for("campaign terminated", lambda: finished(grid, cid), timeout=600)
+    grid.assert_true_story(cid, n)
+    jobs = grid.jobs(cid)
+    known = {j["remote_id"] for j in jobs if j["remote_id"]}
+    mine = {j["id"] for j in jobs}
+    # Slurm ran exactly the tasks CiGri knows of: every array task tagged with this campaign's job ids
+    ran = set()
+    for r in stb.jobs():
+        tagged = key_of(str(r.get("comment") or ""), instance_tag(grid.conf))
+        if not tagged or not set(tagged) <= mine:
+            continue  # another campaign's, or another CiGri database's
+        if r.get("array_task_id") is not None:
+            ran.add(remote_id(r["array_job_id"], r["array_task_id"]))
+        else:  # the array's record of tasks that never started
+            ran |= {remote_id(r["job_id"], i) for i in parse_array_spec(str(r.get("array_task_string") or ""))}
+    assert ran == known
+
+
+def test_normal_and_grouped_campaigns_on_slurm(grid: Grid, sl: int) -> None:
+    """`type: normal` tasks go to the cluster's normal partition; temporal grouping, which reads
+    files slurmrestd does not serve, is submitted as plain arrays there."""
+    echo = script("echo_slurm.sh", 'printf "%s|" "$@" > "sg_$1"\n')
+    params = ["g1 'two words' \\$HOME", "g2 x"]
+    rules = schema.admission_rules
+    with grid.engine.begin() as c:  # the site lets alice run normal jobs (CiGri3's rule 1 refuses them)
+        seed = c.execute(sa.select(rules.c.code).where(rules.c.id == 1)).scalar()
+        c.execute(rules.update().where(rules.c.id == 1).values(code=f"{DISABLED_MARK}\n{seed}"))
+    try:
+        cid = submit_campaign(grid.engine, jdl("normal-grouped", echo, params,
+                                               {SL: {"type": "normal", "temporal_grouping": True}}), "alice",
+                              grid.conf)
+    finally:
+        with grid.engine.begin() as c:
+            c.execute(rules.update().where(rules.c.id == 1).values(code=seed))
+    wait_for("campaign terminated", lambda: finished(grid, cid), timeout=240,
+             diag=lambda: (grid.jobs(cid), grid.events(cid)))
+    grid.assert_true_story(cid, 2)
+    jobs = [j for j in grid.jobs(cid) if j["param_id"] != 0]
+    assert {j["tag"] for j in jobs} == {None}
+    remote = adapter(grid, sl).get_jobs([j["remote_id"] for j in jobs])
+    assert {r.queue for r in remote.values()} == {"normal"}
+    assert (WORK / "sg_g1").read_text() == "g1|two words|/home/alice|"
