@@ -148,7 +148,48 @@ def _env_file(path: Path) -> dict[str, str]:
     return out
 
 
-class OarBed:
+class Bed:
+    """What the benchmark needs from a testbed's batch system."""
+
+    kind = ""
+    lock = ""
+    clusters: dict[str, int]
+
+    def max_ids(self) -> dict[str, int]:
+        """Per cluster, the highest job id so far: later ones belong to this run."""
+        raise NotImplementedError
+
+    def active(self, c: str, after: int = 0) -> list[tuple[int, str, str, str]]:
+        """(id, state, queue/partition, name) of the unfinished jobs above `after`; the state
+        is "Waiting" for a job that has not started."""
+        raise NotImplementedError
+
+    def submit(self, job: Job, tag: str) -> int:
+        raise NotImplementedError
+
+    def delete(self, c: str, ids: list[int]) -> None:
+        raise NotImplementedError
+
+    def started(self, c: str, ids: list[int]) -> dict[int, int | None]:
+        """id -> start time (None while it has not started)."""
+        raise NotImplementedError
+
+    def busy_cores(self, c: str) -> int:
+        raise NotImplementedError
+
+    def records(self, c: str, after: int, t_end: int) -> ClusterRecords:
+        raise NotImplementedError
+
+    def cigri_clusters(self) -> list[dict[str, Any]]:
+        """The `clusters` rows CiGri gets."""
+        raise NotImplementedError
+
+    def cpu_kind(self, uid: int, cmd: str) -> str | None:
+        """"batch_api", "batch" or None for a process of the machine."""
+        raise NotImplementedError
+
+
+class OarBed(Bed):
     kind = "oar"
     lock = "/tmp/cigri-oar.lock"
     ACTIVE = ("Waiting", "Hold", "toLaunch", "toError", "toAckReservation", "Launching", "Running",
@@ -197,8 +238,7 @@ class OarBed:
         return {c: int(self._q(c, "SELECT COALESCE(max(job_id), 0) FROM jobs")[0][0]) for c in self.clusters}
 
     def active(self, c: str, after: int = 0) -> list[tuple[int, str, str, str]]:
-        """(id, state, queue, name) of the active jobs above `after`."""
-        return [(int(r[0]), r[1], r[2], r[3] or "") for r in self._q(
+        return [(int(r[0]), "Waiting" if r[1] == "Hold" else r[1], r[2], r[3] or "") for r in self._q(
             c, "SELECT job_id, state, queue_name, job_name FROM jobs WHERE job_id > %s AND state = ANY(%s)"
                " ORDER BY job_id", after, list(self.ACTIVE))]
 
@@ -219,7 +259,6 @@ class OarBed:
             self._cli(c, ["oardel", *[str(x) for x in ids[i:i + 200]]])
 
     def started(self, c: str, ids: list[int]) -> dict[int, int | None]:
-        """id -> start time (None while it has not started)."""
         rows = self._q(c, "SELECT job_id, state, start_time FROM jobs WHERE job_id = ANY(%s)", ids)
         return {int(i): (int(s) if s and st not in ("Waiting", "Hold") else None) for i, st, s in rows}
 
@@ -273,13 +312,162 @@ class OarBed:
                  "api_auth_header": "X_REMOTE_IDENT", "resource_unit": "core", "api_chunk_size": 100,
                  "api_limit": 100, "properties": f"cluster='{c}'", "enabled": True} for c in self.clusters]
 
+    def cpu_kind(self, uid: int, cmd: str) -> str | None:
+        if "oarapi.pl" in cmd:
+            return "batch_api"
+        if uid == _uid("oar") or "/usr/lib/oar/" in cmd or "oarexec" in cmd or "oar-rig" in cmd:
+            return "batch"
+        return None
+
+
+# ============================================================================ Slurm testbed
+SLURM_ENV = Path("/etc/slurm-testbed/testbed.env")
+
+
+class SlurmBed(Bed):
+    """The Slurm testbed (tools/slurm-testbed): one cluster. Its records are slurmctld's job
+    table (`squeue --json --states=all`: there is no slurmdbd; finished jobs stay MinJobAge,
+    an hour); CiGri's best-effort tasks go to the CANCEL partition, whose preempted jobs end
+    PREEMPTED with their own start and end times (the REQUEUE partition reuses the job id, and
+    the run before the requeue leaves no record)."""
+
+    kind = "slurm"
+    lock = "/tmp/cigri-slurm.lock"
+    NAME = "sl"
+    ENDED = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+             "OUT_OF_MEMORY")
+
+    def __init__(self) -> None:
+        if not SLURM_ENV.exists():
+            sys.exit(f"no {SLURM_ENV}: start the Slurm testbed (sudo tools/slurm-testbed/slurm-testbed up)")
+        self.env = _env_file(SLURM_ENV)
+        self.partition_normal = self.env.get("SLURM_TESTBED_PARTITION_NORMAL", "normal")
+        self.partition_be = self.env.get("SLURM_TESTBED_PARTITION_CANCEL", "bestcancel")
+        self.clusters = {self.NAME: sum(self._nodes().values())}
+        self._res_ids: dict[str, int] = {}
+
+    def _run(self, argv: list[str], user: str | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = (["runuser", "-u", user, "--"] if user else []) + argv
+        env = dict(os.environ, SLURM_CONF=self.env.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+        r = subprocess.run(cmd, capture_output=True, timeout=120, cwd="/", env=env)
+        # other users' job records may hold any bytes (test suites write odd comments)
+        return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"),
+                                           r.stderr.decode(errors="replace"))
+
+    def _table(self, *args: str) -> list[list[str]]:
+        """squeue's plain output, one list of fields per job (cheap: polled during the run)."""
+        r = self._run(["squeue", "-h", *args])
+        return [line.split("|") for line in r.stdout.splitlines() if line.strip()]
+
+    def _nodes(self) -> dict[str, int]:
+        """Usable nodes and their CPUs (a node listed once per partition)."""
+        out: dict[str, int] = {}
+        for line in self._run(["sinfo", "-h", "-N", "-o", "%N %c %t"]).stdout.splitlines():
+            name, cpus, state = line.split()
+            if not any(state.startswith(s) for s in ("down", "drain", "fail", "maint", "unk")):
+                out[name] = int(cpus)
+        return out
+
+    def _jobs(self) -> list[dict[str, Any]]:
+        """Every job slurmctld still knows, in full (once per phase: it is large)."""
+        r = self._run(["squeue", "--json", "--states=all"])
+        if r.returncode != 0:
+            raise RuntimeError(f"squeue failed: {r.stderr.strip()[-300:]}")
+        return [j for j in json.loads(r.stdout).get("jobs") or [] if not j.get("array_task_string")]
+
+    def max_ids(self) -> dict[str, int]:
+        ids = [int(f[0].split("_")[0]) for f in self._table("--states=all", "-o", "%F|%A")]
+        return {self.NAME: max(ids, default=0)}
+
+    def active(self, c: str, after: int = 0) -> list[tuple[int, str, str, str]]:
+        out = []
+        for jid, state, part, name in self._table("-r", "-o", "%A|%T|%P|%j"):
+            if jid.isdigit() and int(jid) > after and state not in self.ENDED:
+                out.append((int(jid), "Waiting" if state == "PENDING" else state, part, name))
+        return out
+
+    def submit(self, job: Job, tag: str) -> int:
+        home = Path("/home") / job.user
+        r = self._run(["sbatch", "--parsable", "-p", self.partition_normal, "-n", str(job.cores),
+                       "-t", f"{job.walltime // 60}:{job.walltime % 60:02d}",
+                       "-J", f"{NORMAL_PREFIX}.{tag}.{job.index}", "-D", str(home), "-o", "/dev/null",
+                       "-e", "/dev/null", "--wrap", f"sleep {job.runtime}"],
+                      user=job.user)
+        first = r.stdout.strip().split(";")[0]
+        if r.returncode != 0 or not first.isdigit():
+            raise RuntimeError(f"sbatch failed: {(r.stdout + r.stderr).strip()[-300:]}")
+        return int(first)
+
+    def delete(self, c: str, ids: list[int]) -> None:
+        for i in range(0, len(ids), 200):
+            self._run(["scancel", *[str(x) for x in ids[i:i + 200]]])
+
+    def started(self, c: str, ids: list[int]) -> dict[int, int | None]:
+        out: dict[int, int | None] = {}
+        rows = self._table("--states=all", "-j", ",".join(str(i) for i in ids), "-o", "%A|%T|%S")
+        for jid, state, start in rows:
+            began = state != "PENDING" and start not in ("N/A", "Unknown", "")
+            out[int(jid)] = int(time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S"))) if began else None
+        return out
+
+    def busy_cores(self, c: str) -> int:
+        return sum(int(f[0]) for f in self._table("-t", "RUNNING,COMPLETING", "-o", "%C") if f[0].isdigit())
+
+    def _resources(self, j: dict[str, Any]) -> list[int]:
+        out = []
+        for node in (j.get("job_resources") or {}).get("allocated_nodes") or []:
+            for sock, d in (node.get("sockets") or {}).items():
+                for core in (d.get("cores") or {}):
+                    key = f"{node.get('nodename')}:{sock}:{core}"
+                    out.append(self._res_ids.setdefault(key, len(self._res_ids) + 1))
+        return sorted(out)
+
+    def records(self, c: str, after: int, t_end: int) -> ClusterRecords:
+        nodes = self._nodes()
+        cores = sum(nodes.values())
+        jobs = []
+        for j in self._jobs():
+            if int(j["job_id"]) <= after:
+                continue
+            name, state = str(j.get("name") or ""), str(j["job_state"])
+            if name.startswith(NORMAL_PREFIX + "."):
+                kind, index = "normal", int(name.rsplit(".", 1)[1])
+            elif name.startswith("cigri.") and j.get("partition") == self.partition_be:
+                kind, index = "cigri", None
+            else:
+                kind, index = "other", None
+            code = (j.get("exit_code") or 0) if isinstance(j.get("exit_code"), int) else 0
+            outcome = {"COMPLETED": "completed" if not code else "failed", "PREEMPTED": "killed",
+                       "CANCELLED": "deleted"}.get(state, "active" if state not in self.ENDED else "failed")
+            start = int(j.get("start_time") or 0)
+            began = start if start and state != "PENDING" and (state != "CANCELLED" or j.get("nodes")) else None
+            stop = int(j.get("end_time") or 0) if began and state in self.ENDED else None
+            jobs.append(JobRec(int(j["job_id"]), kind, int(j.get("cpus") or 0) if began else 0,
+                               int(j.get("submit_time") or 0), began, stop, outcome, self._resources(j), index,
+                               str(j.get("user_name") or "")))
+        return ClusterRecords(cores, [[0, t_end, cores]], jobs)
+
+    def cigri_clusters(self) -> list[dict[str, Any]]:
+        return [{"name": self.NAME, "api_url": self.env["SLURM_TESTBED_URL"], "batch": "slurm",
+                 "api_auth_type": "jwt", "resource_unit": "core", "api_chunk_size": 100, "api_limit": 100,
+                 "enabled": True, "jwt_key_file": self.env["SLURM_TESTBED_JWT_KEY"],
+                 "normal_partition": self.partition_normal, "besteffort_partition": self.partition_be,
+                 "besteffort_mode": "cancel"}]
+
+    def cpu_kind(self, uid: int, cmd: str) -> str | None:
+        if "slurmrestd" in cmd:
+            return "batch_api"
+        if any(d in cmd for d in ("slurmctld", "slurmd", "slurmstepd", "munged")):
+            return "batch"
+        return None
+
 
 # ============================================================================ CiGri
 class Cigri:
     """The real engine: cigri-almighty on a scratch database, with cigri.conf's defaults."""
 
-    def __init__(self, bed: OarBed, workdir: Path):
-        self.bed = bed
+    def __init__(self, bed: Bed, workdir: Path):
+        self.bed: Bed = bed
         self.dir = workdir
         self.db_name = f"cigri_harvest_{os.getpid()}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -350,7 +538,7 @@ class Cigri:
 
 # ============================================================================ CPU
 CLK = os.sysconf("SC_CLK_TCK")
-CPU_KINDS = ("cigri", "oar", "oar_api", "postgres", "bench", "other")
+CPU_KINDS = ("cigri", "batch", "batch_api", "postgres", "bench", "other")
 
 
 def _machine_cpu() -> tuple[float, float]:
@@ -366,7 +554,8 @@ class CpuMeter:
     are sampled every few seconds (their own utime + stime); what processes living less than a
     sample period used is left unattributed."""
 
-    def __init__(self, cigri_session: int | None = None, period: float = 3.0):
+    def __init__(self, bed: Bed, cigri_session: int | None = None, period: float = 3.0):
+        self.bed = bed
         self.cigri_session = cigri_session
         self.period = period
         self.first: dict[tuple[int, int], float] = {}
@@ -382,10 +571,9 @@ class CpuMeter:
             return "bench"
         if self.cigri_session is not None and session == self.cigri_session:
             return "cigri"
-        if "oarapi.pl" in cmd:
-            return "oar_api"
-        if uid == _uid("oar") or "/usr/lib/oar/" in cmd or "oarexec" in cmd or "oar-rig" in cmd:
-            return "oar"
+        batch = self.bed.cpu_kind(uid, cmd)
+        if batch is not None:
+            return batch
         if uid == _uid("postgres"):
             return "postgres"
         return "other"
@@ -444,7 +632,7 @@ def _uid(name: str) -> int:
 
 
 # ============================================================================ the run
-def replay(bed: OarBed, jobs: list[Job], t0: float, tag: str) -> dict[int, tuple[str, int]]:
+def replay(bed: Bed, jobs: list[Job], t0: float, tag: str) -> dict[int, tuple[str, int]]:
     """Submit each job at t0 + its arrival time, as its user; index -> (cluster, id)."""
     ids: dict[int, tuple[str, int]] = {}
     errors: list[str] = []
@@ -483,7 +671,7 @@ class Phase:
     cpu: dict[str, float] = field(default_factory=dict)
 
 
-def wait_all_started(bed: OarBed, ids: dict[int, tuple[str, int]], t1: int, progress: Any = None,
+def wait_all_started(bed: Bed, ids: dict[int, tuple[str, int]], t1: int, progress: Any = None,
                      at_t1: Any = None) -> None:
     """Until the window is over and every normal job has started (their waits are known)."""
     by_cluster: dict[str, list[int]] = {}
@@ -506,7 +694,7 @@ def wait_all_started(bed: OarBed, ids: dict[int, tuple[str, int]], t1: int, prog
         time.sleep(2)
 
 
-def run_phase(bed: OarBed, jobs: list[Job], args: argparse.Namespace, out: Path, with_cigri: bool) -> Phase:
+def run_phase(bed: Bed, jobs: list[Job], args: argparse.Namespace, out: Path, with_cigri: bool) -> Phase:
     name = "B" if with_cigri else "A"
     duration = int(args.minutes * 60)
     first = bed.max_ids()
@@ -546,7 +734,7 @@ def run_phase(bed: OarBed, jobs: list[Job], args: argparse.Namespace, out: Path,
             busy = sum(bed.busy_cores(c) for c in bed.clusters)
             return f"; busy cores {busy}/{sum(bed.clusters.values())}"
 
-        meter = CpuMeter(cigri.proc.pid if cigri is not None and cigri.proc is not None else None)
+        meter = CpuMeter(bed, cigri.proc.pid if cigri is not None and cigri.proc is not None else None)
         cpu: dict[str, float] = {}
         while time.time() < t0:
             time.sleep(0.1)
@@ -566,7 +754,7 @@ def run_phase(bed: OarBed, jobs: list[Job], args: argparse.Namespace, out: Path,
             cigri.stop()
             say("phase B: window over, CiGri stopped; draining its running tasks")
             for c in bed.clusters:
-                bed.delete(c, [i for i, s, q, _n in bed.active(c, first[c]) if s in ("Waiting", "Hold")])
+                bed.delete(c, [i for i, s, q, _n in bed.active(c, first[c]) if s == "Waiting"])
             deadline = time.time() + args.task_seconds[1] * 1.2 + 180
             while time.time() < deadline and any(bed.active(c, first[c]) for c in bed.clusters):
                 time.sleep(3)
@@ -904,9 +1092,7 @@ def main() -> int:
         if importlib.util.find_spec("cigri.clusters.slurm") is None:
             sys.exit("the slurm batch type is not in this CiGri yet: bench/harvest.py slurm needs it")
     bootstrap(args.testbed)
-    if args.testbed == "slurm":
-        sys.exit("bench/harvest.py slurm: not written yet")
-    bed = OarBed()
+    bed: Bed = OarBed() if args.testbed == "oar" else SlurmBed()
     out = args.out or Path(tempfile.mkdtemp(prefix="cigri-harvest-", dir="/tmp"))
     out.mkdir(parents=True, exist_ok=True)
     duration = args.minutes * 60
