@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cigri.db.clusters import enabled_cluster_names  # noqa: F401 - part of this module's API
+from cigri.db.clusters import all_cluster_names, enabled_cluster_names  # noqa: F401 - part of this module's API
 from cigri.db.jobs import change_state
 from cigri.db.schema import (
     bag_of_tasks,
@@ -239,10 +239,6 @@ def enabled_cluster_batches(conn: Connection) -> dict[int, str]:
     """id -> batch type of the enabled clusters."""
     q = sa.select(clusters.c.id, clusters.c.batch).where(clusters.c.enabled.is_(True))
     return {int(i): str(b) for i, b in conn.execute(q)}
-
-
-def all_cluster_names(conn: Connection) -> dict[int, str]:
-    return {int(i): n for i, n in conn.execute(sa.select(clusters.c.id, clusters.c.name))}
 
 
 def campaign_clusters_detail(conn: Connection, campaign_id: int) -> dict[str, dict[str, Any]]:

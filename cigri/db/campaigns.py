@@ -44,6 +44,14 @@ def get_campaign(conn: Connection, campaign_id: int, for_update: bool = False) -
     return dict(row) if row else None
 
 
+def owners(conn: Connection, campaign_ids: list[int]) -> dict[int, str]:
+    """campaign id -> grid_user."""
+    if not campaign_ids:
+        return {}
+    q = sa.select(campaigns.c.id, campaigns.c.grid_user).where(campaigns.c.id.in_(campaign_ids))
+    return {int(i): u for i, u in conn.execute(q)}
+
+
 def update_campaign(conn: Connection, campaign_id: int, **values: Any) -> None:
     if "jdl" in values and not isinstance(values["jdl"], str):
         values["jdl"] = json.dumps(values["jdl"])

@@ -88,3 +88,8 @@ def enabled_cluster_names(conn: Connection) -> dict[int, str]:
     """id -> name of the enabled clusters, by id."""
     q = sa.select(clusters.c.id, clusters.c.name).where(clusters.c.enabled.is_(True)).order_by(clusters.c.id)
     return {int(i): n for i, n in conn.execute(q)}
+
+
+def all_cluster_names(conn: Connection) -> dict[int, str]:
+    """id -> name of every cluster, enabled or not (events and jobs name their cluster)."""
+    return {int(i): n for i, n in conn.execute(sa.select(clusters.c.id, clusters.c.name))}

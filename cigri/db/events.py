@@ -224,3 +224,17 @@ def forget_job_events_of_campaign(conn: Connection, campaign_id: int) -> None:
     ids = [int(r[0]) for r in conn.execute(sa.select(events.c.id).where(
         events.c.campaign_id == campaign_id, events.c.state == "open"))]
     close_events(conn, ids)
+
+
+# ------------------------------------------------------------------ judas's queries
+
+
+def unnotified(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    """The oldest events nobody was told about yet (judas's pass)."""
+    q = sa.select(events).where(events.c.notified == sa.false()).order_by(events.c.id).limit(limit)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def mark_notified(conn: Connection, ids: list[int]) -> None:
+    for i in range(0, len(ids), 1000):
+        conn.execute(events.update().where(events.c.id.in_(ids[i:i + 1000])).values(notified=True))

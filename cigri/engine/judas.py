@@ -14,12 +14,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cigri.config import Conf, get_conf
+from cigri.db import campaigns as dbcampaigns
+from cigri.db import clusters as dbclusters
+from cigri.db import events as dbevents
 from cigri.db.engine import transaction
-from cigri.db.schema import campaigns, clusters, events
 from cigri.engine.notifications import Message, Notifier
 
 log = logging.getLogger("cigri.judas")
@@ -139,9 +140,7 @@ def notification_pass(engine: Engine, conf: Conf | None = None, notifier: Notifi
     conf = conf or get_conf()
     res = PassResult()
     with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(
-            sa.select(events).where(events.c.notified == sa.false()).order_by(events.c.id).limit(PASS_LIMIT))
-            .mappings()]
+        rows = dbevents.unnotified(conn, PASS_LIMIT)
         chosen: list[dict[str, Any]] = []
         for ev in rows:
             if ev["state"] == "open" and ev["code"] in NEVER:
@@ -153,10 +152,8 @@ def notification_pass(engine: Engine, conf: Conf | None = None, notifier: Notifi
         if not chosen and not res.skipped:
             return res
         cids = sorted({int(e["campaign_id"]) for e in chosen if e["campaign_id"] is not None})
-        owners = {int(r[0]): r[1] for r in conn.execute(
-            sa.select(campaigns.c.id, campaigns.c.grid_user).where(campaigns.c.id.in_(cids)))} if cids else {}
-        names = {int(r[0]): r[1] for r in conn.execute(sa.select(clusters.c.id, clusters.c.name))}
-        res.messages = build_messages(chosen, owners, names, conf)
+        res.messages = build_messages(chosen, dbcampaigns.owners(conn, cids), dbclusters.all_cluster_names(conn),
+                                      conf)
         own = notifier is None
         notifier = notifier or Notifier(conf)
         retry: set[int] = set()
@@ -171,8 +168,7 @@ def notification_pass(engine: Engine, conf: Conf | None = None, notifier: Notifi
     res.retried = sorted(retry)
     res.marked = [int(e["id"]) for e in chosen if int(e["id"]) not in retry] + res.skipped
     with transaction(engine) as conn:
-        for i in range(0, len(res.marked), 1000):
-            conn.execute(events.update().where(events.c.id.in_(res.marked[i:i + 1000])).values(notified=True))
+        dbevents.mark_notified(conn, res.marked)
     if res.messages:
         log.info("Notification pass: %d messages for %d events", len(res.messages), len(chosen))
     if retry:

@@ -593,37 +593,6 @@ class Executor:
         return fifo_fd, last_scan, last_work
 
 
-def migrate_old_layout(store: Store) -> None:
-    """State directories of the first local executor kept a file per task (`running/<id>`,
-    `done/<shard>/<id>`): their ended tasks go to their arrays' logs; a task still running
-    there cannot be adopted, so it is killed and reported lost (CiGri resubmits it)."""
-    old_done, old_running = store.root / "done", store.root / "running"
-    if not old_done.is_dir() and not old_running.is_dir():
-        return
-    by_array: dict[tuple[int, bool], list[Record]] = {}
-    paths = [*old_done.glob("*/*"), *old_running.glob("*")]
-    for path in paths:
-        if not path.name.isdigit():
-            continue
-        rec, ended = read_task_file(str(path), raw=True)
-        if rec is None:
-            continue
-        if not ended:
-            if rec.get("shepherd"):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(rec["shepherd"]), signal.SIGKILL)
-            rec = lost_record(int(path.name))
-        found = store.array_of(int(path.name))
-        if found is not None:
-            by_array.setdefault((found[0]["first"], found[1]), []).append(rec)
-    for (first, archived), recs in by_array.items():
-        known = store.read_log(first)
-        store.append_log(first, [r for r in recs if r["id"] not in known], archived)
-    for d in (old_done, old_running):
-        shutil.rmtree(d, ignore_errors=True)
-    log(f"migrated {len(paths)} task files of the previous state layout")
-
-
 def never_started(job_id: int, reason: str) -> Record:
     """The record of a task that ended without running (deleted while waiting)."""
     rec = parse_task_file(json.dumps({"id": job_id}) + f"\nR {reason}\nnone\n", now())
@@ -672,7 +641,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             time.sleep(0.05)
     store.pid_file.write_text(str(os.getpid()))
-    migrate_old_layout(store)
     ex = Executor(store, cores)
     wake_r, wake_w = os.pipe()
     for fd in (wake_r, wake_w):

@@ -21,9 +21,9 @@ The executor appends the ended task to its array's log before it reuses the slot
 started task is always in its slot, its array's log, or both (readers read slots first).
 No file is created or renamed per task: per-task file creation was the bottleneck.
 
-A task is Waiting (only in its array), Running (in a locked slot, no status), or ended.
+A task is waiting (only in its array), running (in a locked slot, no status), or ended.
 A running task whose slot lock is free and without a status line has lost its shepherd:
-it is reported as Error with an EXTERMINATE event (CiGri resubmits it)."""
+it is reported ended, `lost` (CiGri resubmits it)."""
 
 from __future__ import annotations
 
@@ -49,10 +49,6 @@ Record = dict[str, Any]
 #: itself: the words of CiGri's job outcomes (cigri.clusters.base.Outcome).
 WAITING, RUNNING, ENDED = "waiting", "running", "ended"
 WALLTIME, PREEMPTED, KILLED, FAILED_TO_START, LOST = "walltime", "preempted", "killed", "failed_to_start", "lost"
-#: the words of the executor's first version (records still on disk, shepherds still running)
-OLD_STATES = {"Waiting": WAITING, "Running": RUNNING, "Terminated": ENDED, "Error": ENDED}
-OLD_REASONS = {"WALLTIME": WALLTIME, "BESTEFFORT_KILL": PREEMPTED, "FRAG_JOB_REQUEST": KILLED,
-               "WORKING_DIRECTORY": FAILED_TO_START, "EXTERMINATE": LOST}
 
 
 def now() -> int:
@@ -151,8 +147,6 @@ def parse_task_file(text: str, stop_time: int | None = None) -> Record | None:
         return None
     if not isinstance(rec, dict):
         return None
-    if rec.get("state") in OLD_STATES:
-        rec["state"] = OLD_STATES[rec["state"]]
     reason = status = None
     for line in lines[1:]:
         if not line:
@@ -161,8 +155,7 @@ def parse_task_file(text: str, stop_time: int | None = None) -> Record | None:
             rec["shepherd"] = int(line[2:])
         elif line.startswith("R "):
             if status is None and reason is None:  # a kill after the end does not count
-                word = line[2:].strip()
-                reason = OLD_REASONS.get(word, word)
+                reason = line[2:].strip()
         elif status is None:
             status = line.strip()
     if status is None:
@@ -187,17 +180,6 @@ def parse_task_file(text: str, stop_time: int | None = None) -> Record | None:
     rec["stop_time"] = stop_time or now()
     rec["reason"] = reason
     rec["detail"] = REASON_TEXT.get(reason, reason) if reason else ""
-    return rec
-
-
-def upgrade_record(rec: Record) -> Record:
-    """A record of the executor's first version (OAR's words, an `events` list) in today's words."""
-    rec = dict(rec)
-    rec["state"] = OLD_STATES.get(rec.get("state", ""), rec.get("state"))
-    types = [str(e.get("type", "")) for e in rec.pop("events", None) or [] if isinstance(e, dict)]
-    if rec["state"] == ENDED:
-        rec["reason"] = next((OLD_REASONS[t] for t in types if t in OLD_REASONS), types[0] if types else None)
-        rec["detail"] = REASON_TEXT.get(rec["reason"], rec["reason"]) if rec["reason"] else ""
     return rec
 
 
@@ -384,8 +366,6 @@ class Store:
             for line in data[:end].splitlines():
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     e = json.loads(line)
-                    if e.get("state") in OLD_STATES:  # a line of the executor's first version
-                        e = upgrade_record(e)
                     log.ended.setdefault(int(e["id"]), e)
             log.offset += end
             break

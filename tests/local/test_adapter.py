@@ -254,32 +254,6 @@ def test_executor_wakes_the_runner_when_it_runs_low_and_when_work_is_over(make_a
     assert {j.outcome for j in a.get_jobs(ids).values()} == {Outcome.DONE}
 
 
-def test_state_directory_of_the_previous_layout_is_migrated(make_adapter, workdir: Path):
-    """The first executor kept a file per task (running/, done/): a new executor records
-    the tasks that ended there, and reports one it cannot adopt as lost (CiGri resubmits
-    it), instead of running them again."""
-    import json
-
-    a = make_adapter()
-    st = a.store
-    st.setup()
-    first = st.alloc_ids(3)
-    st.write_array({"first": first, "count": 3, "command": "echo", "params": ["a", "b", "c"], "name": None,
-                    "directory": str(workdir), "stdout": None, "stderr": None, "owner": ME, "types": [],
-                    "besteffort": False, "ncores": 1, "walltime": None, "submission_time": 1})
-    (st.root / "done" / "0").mkdir(parents=True)
-    (st.root / "running").mkdir()
-    (st.root / "done" / "0" / str(first)).write_text(json.dumps({"id": first, "start_time": 1}) + "\n3\n")
-    (st.root / "running" / str(first + 1)).write_text(json.dumps({"id": first + 1, "start_time": 1}) + "\n")
-    jobs = wait_ended(a, [first, first + 1, first + 2])
-    assert (jobs[first].outcome, jobs[first].exit) == (Outcome.DONE, ExitStatus(code=3))
-    assert jobs[first + 1].outcome is Outcome.LOST
-    assert (jobs[first + 2].outcome, jobs[first + 2].exit) == (Outcome.DONE,
-                                                              ExitStatus(code=0))  # never ran: runs now
-    assert not (workdir / f"job.{first}.stdout").exists()  # not run again
-    assert not (st.root / "running").exists() and not (st.root / "done").exists()
-
-
 def test_outputs_in_one_directory_per_campaign_named_by_task_and_never_empty(make_adapter, workdir: Path):
     a = make_adapter()
     ids = a.submit(JobRequest(command="sh -c 'echo result $0; [ $0 = quiet ] || echo warn >&2'",
@@ -292,27 +266,6 @@ def test_outputs_in_one_directory_per_campaign_named_by_task_and_never_empty(mak
     assert not (out / "quiet.stderr").exists()  # it wrote nothing there
     assert jobs[ids[0]].output_path("stdout") == str(out / "alpha.stdout")
     assert not list(workdir.glob("OAR.*"))
-
-
-def test_records_of_the_first_executor_are_read_in_todays_words(make_adapter, workdir: Path):
-    """Ended tasks logged by the executor's first version (OAR's words: Terminated/Error and an
-    event list) keep their outcome after an upgrade."""
-    import json
-
-    a = make_adapter()
-    st = a.store
-    st.setup()
-    first = st.alloc_ids(2)
-    st.write_array({"first": first, "count": 2, "command": "echo", "params": ["a", "b"], "name": None,
-                    "directory": str(workdir), "stdout": None, "stderr": None, "owner": ME, "types": [],
-                    "besteffort": False, "ncores": 1, "walltime": None, "submission_time": 1})
-    old = [{"id": first, "state": "Terminated", "exit_code": 768, "events": []},
-           {"id": first + 1, "state": "Error", "exit_code": None,
-            "events": [{"type": "WALLTIME", "description": "Job: walltime reached"}]}]
-    (st.arrays / f"{first}.log").write_text("".join(json.dumps(r) + "\n" for r in old))
-    jobs = a.get_jobs([first, first + 1])
-    assert (jobs[first].outcome, jobs[first].exit) == (Outcome.DONE, ExitStatus(code=3))
-    assert jobs[first + 1].outcome is Outcome.WALLTIME and jobs[first + 1].reason == "walltime"
 
 
 def test_a_task_is_seen_ended_only_once_its_outputs_are_in_place(tmp_path: Path):
