@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import weakref
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +61,10 @@ class CigriFormatter(logging.Formatter):
         return f"[{t:%Y-%m-%d %H:%M:%S}][{letter}][{prog}] {msg}"
 
 
+#: the handlers setup_logging installed (a new call replaces them)
+_installed: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
+
+
 def setup_logging(progname: str, conf: Conf | None = None, *, logger: str = "cigri", **extra: Any) -> logging.Logger:
     """Configure the `cigri` logger hierarchy for a program (AC-4: progname required,
     unwritable path or unexpected arguments refused). Returns the logger."""
@@ -84,10 +89,10 @@ def setup_logging(progname: str, conf: Conf | None = None, *, logger: str = "cig
         handler.setFormatter(CigriFormatter(progname, to_file=True))
     log = logging.getLogger(logger)
     for h in list(log.handlers):
-        if getattr(h, "_cigri", False):
+        if h in _installed:
             log.removeHandler(h)
             h.close()
-    handler._cigri = True  # type: ignore[attr-defined]
+    _installed.add(handler)
     log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False

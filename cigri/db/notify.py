@@ -17,6 +17,7 @@ import select
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -106,7 +107,7 @@ class Waiter:
         self.engine = engine
         self.channels = list(dict.fromkeys(channels))
         self._event = threading.Event()
-        self._conn = None  # psycopg.Connection
+        self._conn: Any = None  # a psycopg.Connection, imported only when LISTEN is used
         self._pg = engine.dialect.name == "postgresql"
         self._fifos: list[int] = []
         self._extra: list[int] = []
@@ -118,7 +119,7 @@ class Waiter:
         from psycopg import sql
 
         u = self.engine.url
-        kw: dict[str, object] = {"host": u.host, "port": u.port, "dbname": u.database, "user": u.username,
+        kw: dict[str, Any] = {"host": u.host, "port": u.port, "dbname": u.database, "user": u.username,
                                  "password": u.password, "autocommit": True, "connect_timeout": 10}
         for k, v in u.query.items():
             kw[k] = v if isinstance(v, str) else v[0]
