@@ -82,14 +82,12 @@ def daemon_conf(conf: Conf, cores: int | None) -> Path:
 
 def open_db(conf: Conf) -> Any:
     from cigri.db import local as dblocal
-    from cigri.db.admin import add_missing_sqlite_columns, init_schema, is_initialised
+    from cigri.db.admin import init_schema, is_initialised
     from cigri.db.engine import get_engine, transaction
 
-    engine = get_engine(conf)
+    engine = get_engine(conf)  # (an existing database gets the columns added since it was made)
     if not is_initialised(engine):
         init_schema(engine)
-    else:  # made by an older CiGri-py
-        add_missing_sqlite_columns(engine)
     with transaction(engine) as conn:
         dblocal.ensure_local_cluster(conn)
     return engine

@@ -370,9 +370,9 @@ def upgrade_schema(engine: Engine) -> UpgradeReport:
     if not is_initialised(engine):
         raise RuntimeError("this database has no CiGri schema (no campaigns table): use 'cigri-db init'")
     if is_sqlite(engine):
+        rep.actions += [f"added {what}" for what in upgrade_sqlite(engine)]
         run_sql_script(engine, (sql_dir() / "cigri3-sqlite.sql").read_text())
         rep.actions.append("applied cigri3-sqlite.sql (idempotent)")
-        rep.actions += [f"added column {c}" for c in add_missing_sqlite_columns(engine)]
         _upgrade_rules(engine, rep)
         return rep
     raw = engine.raw_connection()
@@ -466,18 +466,54 @@ def upgrade_schema(engine: Engine) -> UpgradeReport:
     return rep
 
 
-def add_missing_sqlite_columns(engine: Engine) -> list[str]:
-    """Add the NULL-able columns a SQLite database made by an older CiGri-py lacks (its tables
-    were created by an older cigri3-sqlite.sql, which CREATE TABLE IF NOT EXISTS does not
-    change); returns the columns added."""
-    exp, live = expected_schema(engine), live_schema(engine)
+def _sqlite_columns(conn: Any) -> dict[str, dict[str, tuple[str, bool, str | None]]]:
+    """table -> column -> (type, NOT NULL, default) of a sqlite3 connection's database."""
+    out: dict[str, dict[str, tuple[str, bool, str | None]]] = {}
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                         "AND name NOT LIKE 'sqlite_%'")]
+    for t in tables:
+        out[t] = {name: (typ, bool(notnull), dflt)
+                  for _cid, name, typ, notnull, dflt, _pk in conn.execute(f'PRAGMA table_info("{_ident(t)}")')}
+    return out
+
+
+def upgrade_sqlite(engine: Engine) -> list[str]:
+    """Bring a SQLite database made by an older CiGri-py to the shipped layout: the columns
+    added since (existing rows get NULL or the column's default), then the tables and indexes
+    it lacks (cigri3-sqlite.sql is idempotent). `make_engine` runs it whenever a process opens
+    an existing SQLite database, so every command finds the columns it reads. Costs two
+    catalogue reads and takes no lock when nothing is missing; columns are added in one write
+    transaction that re-reads them under its lock (two processes opening the database at once
+    add each column once). Returns what it added."""
+    import sqlite3
+
+    mem = sqlite3.connect(":memory:")
+    try:
+        script = (sql_dir() / "cigri3-sqlite.sql").read_text()
+        mem.executescript(script)
+        want = _sqlite_columns(mem)
+    finally:
+        mem.close()
+    with engine.connect() as conn:
+        have = _sqlite_columns(conn.connection.driver_connection)
+    if "campaigns" not in have or all(c in have.get(t, {}) for t, cols in want.items() for c in cols):
+        return []  # not a CiGri database (yet), or up to date
     added: list[str] = []
-    with engine.begin() as conn:
-        for t, cols in exp.tables.items():
-            for c, (typ, nullable) in cols.items():
-                if t in live.tables and c not in live.tables[t] and nullable:
-                    conn.exec_driver_sql(f'ALTER TABLE "{_ident(t)}" ADD COLUMN "{_ident(c)}" {typ}')
-                    added.append(f"{t}.{c}")
+    with engine.begin() as conn:  # BEGIN IMMEDIATE: the write lock
+        have = _sqlite_columns(conn.connection.driver_connection)
+        for t, cols in want.items():
+            for c, (typ, notnull, dflt) in cols.items():
+                if t not in have or c in have[t]:
+                    continue
+                if notnull and dflt is None:
+                    raise RuntimeError(f"column {t}.{c} (NOT NULL, no default) cannot be added to existing rows")
+                ddl = f'ALTER TABLE "{_ident(t)}" ADD COLUMN "{_ident(c)}" {typ}'
+                if dflt is not None:
+                    ddl += f" DEFAULT {dflt}" + (" NOT NULL" if notnull else "")
+                conn.exec_driver_sql(ddl)
+                added.append(f"column {t}.{c}")
+    added += [f"table {t}" for t in want if t not in have]
+    run_sql_script(engine, script)
     return added
 
 

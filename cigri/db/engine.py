@@ -79,6 +79,14 @@ def make_engine(conf: Conf | None = None, url: str | URL | None = None, **kw: An
         eng._connection_cls = _SQLiteConnection
         sa.event.listen(eng, "connect", _sqlite_pragmas)
         sa.event.listen(eng, "begin", _sqlite_begin)
+        if u.database and u.database != ":memory:" and Path(u.database).is_file():
+            from cigri.db.admin import upgrade_sqlite
+
+            try:
+                for what in upgrade_sqlite(eng):  # a database made by an older CiGri-py
+                    log.info("%s: added %s", u.database, what)
+            except sa.exc.DBAPIError as e:  # unreadable, read-only...: its first use says so
+                log.warning("%s: cannot bring it up to date: %s", u.database, str(e).splitlines()[0])
         return eng
     kw.setdefault("pool_pre_ping", True)
     kw.setdefault("pool_size", 5)
