@@ -1,4 +1,4 @@
-"""Admission rules (spec §5.1): Python snippets stored in `admission_rules.code`, run in
+"""Admission rules: Python snippets stored in `admission_rules.code`, run in
 ascending id order at every campaign submission.
 
 A rule sees `jdl` (the expanded JDL, a mutable dict: the final value is stored),

@@ -1,4 +1,4 @@
-"""The error types of CiGri (spec AC-6): every user-facing failure is one of these,
+"""The error types of CiGri: every user-facing failure is one of these,
 so front doors can turn them into one clear message instead of a traceback."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The JDL (spec §4): parse, validate and expand a campaign description.
+"""The JDL: parse, validate and expand a campaign description.
 
 Every problem is reported as ONE `ParseError` naming the field (and the line of a
 parameter file), never a traceback. Parameters are streamed (`iter_param_lines`):
@@ -21,7 +21,7 @@ from cigri import containers
 from cigri.config import Conf, get_conf
 from cigri.errors import NotFound, ParseError
 
-#: per-cluster fields (spec §4.1), value kinds used for validation.
+#: per-cluster fields, value kinds used for validation.
 STRING_FIELDS = ("exec_file", "exec_directory", "resources", "project", "properties", "cluster_job_type",
                  "checkpointing_type", "output_gathering_method", "output_file", "output_destination")
 WALLTIME_FIELDS = ("walltime", "prologue_walltime", "epilogue_walltime")
@@ -33,7 +33,7 @@ CLUSTER_FIELDS = STRING_FIELDS + WALLTIME_FIELDS + BOOL_FIELDS + INT_FIELDS + LI
 #: global-only fields, never copied into clusters.
 GLOBAL_FIELDS = ("name", "clusters", "params", "nb_jobs", "param_file", "jobs_type")
 
-#: campaign_properties rows (spec §2.2) + CiGri-py's max_resubmit.
+#: campaign_properties rows + CiGri-py's max_resubmit.
 PROPERTY_NAMES = ("checkpointing_type", "dimensional_grouping", "epilogue", "exec_file", "output_destination",
                   "output_file", "output_gathering_method", "prologue", "properties", "resources",
                   "temporal_grouping", "walltime", "type", "test_mode", "max_jobs", "prologue_walltime",
@@ -298,7 +298,7 @@ def _expand_env(path: str) -> str:
 
 
 def resolve_param_file(path: str, user: str) -> str:
-    """Macros of param_file (spec §4.2 steps 4-5): ~ and {HOME}, $VARS, absolute path, readable."""
+    """Macros of param_file: ~ and {HOME}, $VARS, absolute path, readable."""
     path = path.strip()
     if path.startswith("~") or "{HOME}" in path:
         home = user_home(user)
@@ -347,7 +347,7 @@ def _macro_line(v: str) -> str:
 
 
 def defaults(conf: Conf) -> dict[str, Any]:
-    """Per-cluster defaults (spec §4.1, §4.4)."""
+    """Per-cluster defaults."""
     for var in ("DEFAULT_JOB_RESOURCES", "DEFAULT_JOB_WALLTIME"):
         if not conf.get(var):
             raise NotFound(f"Mandatory option '{var}' not found in configuration file")
@@ -505,7 +505,7 @@ def _prop_text(v: Any) -> str | None:
 
 
 def cluster_properties(expanded: dict[str, Any], cluster_name: str) -> dict[str, str]:
-    """campaign_properties rows (spec §2.2) of one cluster of an expanded JDL."""
+    """campaign_properties rows of one cluster of an expanded JDL."""
     block = expanded["clusters"][cluster_name]
     out: dict[str, str] = {}
     for name in PROPERTY_NAMES:

@@ -1,4 +1,4 @@
-"""CiGri3's log format (spec §1.6), used by every daemon.
+"""CiGri3's log format, used by every daemon.
 
 File:   [YYYY-MM-DD HH:MM:SS.<usec>][<S>][<pid>][<progname>] <message>
 Stream: [YYYY-MM-DD HH:MM:SS][<S>][<progname>] <message>  (ANSI colours on a terminal)
@@ -66,8 +66,8 @@ _installed: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
 
 
 def setup_logging(progname: str, conf: Conf | None = None, *, logger: str = "cigri", **extra: Any) -> logging.Logger:
-    """Configure the `cigri` logger hierarchy for a program (AC-4: progname required,
-    unwritable path or unexpected arguments refused). Returns the logger."""
+    """Configure the `cigri` logger hierarchy for a program (a program name
+    is required; an unwritable path or unexpected arguments are refused). Returns the logger."""
     if not progname or not isinstance(progname, str):
         raise ConfigError("setup_logging needs a program name")
     if extra:

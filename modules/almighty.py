@@ -1,4 +1,4 @@
-"""`cigri-almighty`: CiGri's supervisor (spec §1.3), in the foreground (systemd unit
+"""`cigri-almighty`: CiGri's supervisor, in the foreground (systemd unit
 `cigri.service`, or `cigri local run`)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`cigri-colombo`: the decision daemon (spec §9). Decides on every new open unchecked event
+"""`cigri-colombo`: the decision daemon. Decides on every new open unchecked event
 within one short cycle: woken by NOTIFY cigri_colombo on PostgreSQL, at least every
 COLOMBO_POLL seconds. Several colombos may run at once: events are locked with SKIP LOCKED.
 Runs until SIGTERM (`--once`: one pass)."""

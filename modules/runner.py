@@ -1,4 +1,4 @@
-"""`cigri-runner <cluster_name>`: the runner of one cluster (spec §7).
+"""`cigri-runner <cluster_name>`: the runner of one cluster.
 
 Exits 0 with a clear log line when its cluster is disabled or removed (almighty does not
 restart it then); SIGTERM/SIGINT end it cleanly between two cycles."""

@@ -391,7 +391,7 @@ def echo_json(data: Any) -> None:
 
 
 def api_failure(r: ApiResponse, what: str) -> CliError:
-    """A non-2xx answer as the exit-1 error of a command (spec §15.2 #39)."""
+    """A non-2xx answer as the exit-1 error of a command."""
     if r.status == 403:
         return CliError(f"{what}: not allowed: {r.message}")
     return CliError(f"{what}: {r.message}")

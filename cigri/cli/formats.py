@@ -1,4 +1,4 @@
-"""Human output shared by several commands (CiGri3's formats, spec §12)."""
+"""Human output shared by several commands (CiGri3's formats)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gridclean: list the finished jobs of campaigns per cluster (CiGri3's stub, spec §12.9).
+"""gridclean: list the finished jobs of campaigns per cluster (CiGri3's stub).
 Cleaning the clusters' scratch directories is not implemented (as in CiGri3)."""
 
 from __future__ import annotations

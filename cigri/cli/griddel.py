@@ -1,4 +1,4 @@
-"""griddel: cancel, pause, resume or purge campaigns; cancel one job (spec §12.4)."""
+"""griddel: cancel, pause, resume or purge campaigns; cancel one job."""
 
 from __future__ import annotations
 

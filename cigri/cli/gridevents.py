@@ -1,4 +1,4 @@
-"""gridevents: list and fix events; administrators can blacklist clusters (spec §12.5)."""
+"""gridevents: list and fix events; administrators can blacklist clusters."""
 
 from __future__ import annotations
 

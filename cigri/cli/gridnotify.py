@@ -1,4 +1,4 @@
-"""gridnotify: subscribe to notifications by mail or Jabber (spec §12.6)."""
+"""gridnotify: subscribe to notifications by mail or Jabber."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gridstat: campaigns, their tasks and events, one job, its outputs (spec §12.3)."""
+"""gridstat: campaigns, their tasks and events, one job, its outputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gridtoken: your JWT tokens for OAR3 clusters (spec §12.8), and a bearer token for
+"""gridtoken: your JWT tokens for OAR3 clusters, and a bearer token for
 using the CiGri API from another host (--api-token)."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""REST transport shared by the OAR adapters (spec §8.2, §8.5).
+"""REST transport shared by the OAR adapters.
 
 One `RestSession` per cluster: a keep-alive `requests.Session`, the cluster's auth
-(none / password = real HTTP basic auth, fixing §15.2 #19 / cert / jwt), the per-user
+(none / password = real HTTP basic auth, a no-op in CiGri3 / cert / jwt), the per-user
 identity header, collection pagination (OAR 2.5 `next` links, OAR 3 offset/total),
 and the mapping of EVERY HTTP or network failure to a typed `ClusterAPIError` whose
-`code` is the spec §8.5 event code (or the operation's default code for anything
+`code` is the event code CiGri records (or the operation's default code for anything
 unexpected). Header values (identities, tokens, passwords) are never logged."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from cigri.sanitize import clean_json, clean_text, json_needs_cleaning
 
 log = logging.getLogger("cigri.clusters")
 
-ADMIN = "oar"  # grid login used for admin-level calls (bulk status), spec §5.2
+ADMIN = "oar"  # grid login used for admin-level calls (bulk status), as CiGri3
 BODY_IN_MESSAGE = 600  # characters of a response body quoted in error messages
 FAST_FAILURE = 0.5  # seconds: a POST failing faster than this never reached oarsub
 
@@ -83,7 +83,7 @@ class RestSession:
         """The requests.Session with the cluster's auth; config problems become typed errors."""
         c = self.cluster
         s = requests.Session()
-        s.trust_env = False  # no proxy (spec §8.2); loopback/intranet APIs
+        s.trust_env = False  # no proxy; loopback/intranet APIs
         adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=8, max_retries=0)
         s.mount("http://", adapter)
         s.mount("https://", adapter)
@@ -241,7 +241,7 @@ class RestSession:
         raise ClusterAPIError(msg, code=default_code, event_open=True, status=status, body=body)
 
     def _network_error(self, exc: Exception, method: str, url: str, default_code: str) -> ClusterAPIError:
-        """Classify a requests exception into the spec §8.5 codes."""
+        """Classify a requests exception into CiGri3's event codes (cigri.event_codes)."""
         if isinstance(exc, requests.exceptions.Timeout):
             text = f"{method} {url}: REST query timeouted! ({self.timeout:g} s)"
             if method == "POST" and not isinstance(exc, requests.exceptions.ConnectTimeout):

@@ -1,9 +1,9 @@
-"""OAR 3 REST API adapter (spec §8.3 column oar3), built from the real OAR3 answers in
-/work/shared/oar/oar3 (no OAR3 can run here: tests use a fake OAR3 HTTP server).
+"""OAR 3 REST API adapter, built from real OAR 3 answers (tests/fixtures/oar3: no OAR 3 can
+run here, tests use a fake OAR 3 HTTP server serving them).
 
 Differences from OAR 2.5 handled here: JWT bearer tokens (`jwt` auth), `resource` and
 `type` as JSON arrays, one-line `param_file` folded into the command, every CiGri escape
-`\\$X` un-escaped (OAR 3 does not evaluate the command at submission; fixes §15.2 #32),
+`\\$X` un-escaped (OAR 3 does not evaluate the command at submission; CiGri3 undid only `\\$HOME`),
 `jobs?details=1` with repeated `job_ids=`/`states=`, offset/total pagination, sub-job ids
 ordered by `array_index`, `DELETE` answering 200 with `exit_status`, media through
 `?path_filename=`, and job fields `user`/`queue_name`/types dict/`WORKING_DIRECTOR`

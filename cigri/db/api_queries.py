@@ -1,7 +1,7 @@
 """Read (and a few small write) queries behind the REST API: campaign representation,
 task listings, statistics, events, jobs, clusters, grid usage and tokens.
 
-Every query uses bound parameters (spec §15.2 #27) and is shaped so that its cost
+Every query uses bound parameters and is shaped so that its cost
 follows the size of the answer (one page, one campaign), not the size of the tables."""
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def list_campaigns(conn: Connection, states: Sequence[str] = LISTED_CAMPAIGN_STA
 
 def finished_counts(conn: Connection, camps: Sequence[dict[str, Any]],
                     states: Sequence[str] | None = None) -> dict[int, int]:
-    """campaign id -> terminated jobs with param_id > 0 (spec §11.2). `states`: all the
+    """campaign id -> terminated jobs with param_id > 0. `states`: all the
     campaigns in these states are being counted (lets one join replace id lists).
     Campaigns of CACHE_MIN_JOBS jobs or more are counted at most every TTL seconds."""
     out: dict[int, int] = {}
@@ -242,7 +242,7 @@ def enabled_cluster_batches(conn: Connection) -> dict[int, str]:
 
 
 def campaign_clusters_detail(conn: Connection, campaign_id: int) -> dict[str, dict[str, Any]]:
-    """The per-cluster block of the single-campaign representation (spec §11.2)."""
+    """The per-cluster block of the single-campaign representation."""
     cl_ids = campaign_cluster_ids(conn, [campaign_id]).get(campaign_id, [])
     if not cl_ids:
         return {}
@@ -302,9 +302,9 @@ def stored_jdl(campaign: dict[str, Any]) -> Any:
         return campaign["jdl"]
 
 
-# ------------------------------------------------------------------ statistics (§11.4)
+# ------------------------------------------------------------------ statistics
 def campaign_stats(conn: Connection, campaign: dict[str, Any], window: int = 3600) -> dict[str, Any]:
-    """Statistics of spec §11.4; for big campaigns computed at most every TTL seconds."""
+    """GET /campaigns/:id/stats; for big campaigns computed at most every TTL seconds."""
     if (campaign.get("nb_jobs") or 0) >= CACHE_MIN_JOBS:
         return dict(_cache.compute(("stats", int(campaign["id"])), lambda cn: _campaign_stats(cn, campaign, window),
                                    conn.engine))
@@ -361,7 +361,7 @@ def _td(seconds: int) -> Any:
 # ------------------------------------------------------------------ tasks of a campaign
 def campaign_tasks(conn: Connection, campaign_id: int, limit: int, offset: int,
                    state: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """One page of the task listing (spec §11.3 GET /campaigns/:id/jobs).
+    """One page of the task listing.
 
     Without `state`, pages are over parameters (each attempt of a task is one item);
     with `state` (a job state, `queued` or `pending`), over the matching rows."""
@@ -432,7 +432,7 @@ def _expand_tasks(conn: Connection, params: Sequence[Any], names: dict[int, str]
 
 
 def campaign_task(conn: Connection, campaign_id: int, task_id: int) -> dict[str, Any]:
-    """One task and all its executions (spec §15.2 #9: works in CiGri-py)."""
+    """One task and all its executions."""
     p = conn.execute(sa.select(parameters).where(parameters.c.id == task_id,
                                                  parameters.c.campaign_id == campaign_id)).mappings().first()
     if p is None:

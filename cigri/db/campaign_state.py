@@ -1,7 +1,7 @@
-"""Is a campaign finished? (spec §3.1) and its completion.
+"""Whether a campaign is finished, and its completion.
 
-Fixes of CiGri3: batch_waiting jobs count as active (§15.2 #1), the epilogue check is
-real (§15.2 #11: every enabled cluster with an `epilogue` property must have a
+Fixes of CiGri3: batch_waiting jobs count as active, the epilogue check is
+real (every enabled cluster with an `epilogue` property must have a
 terminated epilogue job), completion_time is written, and the check runs under a lock
 of the campaign row so tasks added concurrently by the API are never lost."""
 

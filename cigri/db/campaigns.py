@@ -1,4 +1,4 @@
-"""campaigns and campaign_properties rows, and the per-campaign deletions (spec §2.2, §3.1)."""
+"""campaigns and campaign_properties rows, and the per-campaign deletions."""
 
 from __future__ import annotations
 

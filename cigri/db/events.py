@@ -33,7 +33,7 @@ def create_event(conn: Connection, class_: str, code: str, *, state: str = "open
 
 
 def close_events(conn: Connection, ids: Iterable[int], *, checked: bool | None = None) -> int:
-    """Close open events (date_closed set, spec §15.2 #36); returns how many changed."""
+    """Close open events (date_closed set); returns how many changed."""
     ids = list(ids)
     if not ids:
         return 0

@@ -113,7 +113,7 @@ def reset_affinity(conn: Connection, param_id: int, cluster_id: int) -> None:
 
 
 def new_batch_id(conn: Connection) -> int:
-    """A real, unique batch identifier (CiGri3 used max(batch_id)+1, spec §15.2 #12)."""
+    """A real, unique batch identifier (CiGri3 used max(batch_id)+1)."""
     if is_sqlite(conn):
         return int(conn.execute(sa.text("INSERT INTO batch_id_seq (dummy) VALUES (0) RETURNING id")).scalar_one())
     return int(conn.execute(sa.text("SELECT nextval('batch_id_seq')")).scalar_one())

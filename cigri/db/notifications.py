@@ -1,4 +1,4 @@
-"""user_notifications rows: who wants to hear about what, and where (spec §10.3, §11.3).
+"""user_notifications rows: who wants to hear about what, and where.
 
 The grid administrator's subscriptions are stored under the login `%%admin%%`."""
 
@@ -31,7 +31,7 @@ def list_subscriptions(conn: Connection, grid_user: str) -> list[dict[str, Any]]
 
 
 def subscriptions_for(conn: Connection, grid_user: str) -> list[dict[str, Any]]:
-    """Subscriptions of a login for judas; a NULL severity counts as `medium` (spec §15.2 #28)."""
+    """Subscriptions of a login for judas; a NULL severity counts as `medium`."""
     return list_subscriptions(conn, grid_user)
 
 

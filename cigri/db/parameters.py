@@ -1,4 +1,4 @@
-"""parameters + bag_of_tasks bulk ingestion (spec §4.3), streamed in bounded chunks.
+"""parameters + bag_of_tasks bulk ingestion, streamed in bounded chunks.
 
 PostgreSQL: each chunk's parameter ids are drawn from the sequence in one statement,
 the chunk is sent with COPY, and its bag_of_tasks rows are generated server-side

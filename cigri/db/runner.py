@@ -1,5 +1,5 @@
 """Queries of the runner: the jobs it follows on its cluster, campaign settings, and the
-guarded state updates it records (spec §7). Every update is conditional on the state the
+guarded state updates it records. Every update is conditional on the state the
 runner read, so a concurrent change (nikita, an admin) is never overwritten."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Queries of the meta-scheduler (spec §6). Every query is bounded by the work in
+"""Queries of the meta-scheduler. Every query is bounded by the work in
 flight (running campaigns, active jobs, queue entries, affinity rows), never by the
 number of waiting tasks: task stacks are indexed LIMIT scans of bag_of_tasks with an
 indexed anti-join on jobs_to_launch.task_id."""
@@ -55,7 +55,7 @@ def running_campaigns(conn: Connection, campaign_ids: Sequence[int] | None = Non
 
 
 def cluster_campaigns(conn: Connection, cluster_id: int, state: str = "in_treatment") -> list[int]:
-    """Campaigns in `state` having properties on the cluster (spec AC-54)."""
+    """Campaigns in `state` having properties on the cluster."""
     q = (sa.select(campaigns.c.id).where(campaigns.c.state == state, sa.exists(
         sa.select(campaign_properties.c.id).where(campaign_properties.c.campaign_id == campaigns.c.id,
                                                   campaign_properties.c.cluster_id == cluster_id)))
@@ -116,7 +116,7 @@ def queued_counts(conn: Connection) -> dict[tuple[int, int], int]:
 
 
 def users_priorities(conn: Connection) -> dict[tuple[str, int], int]:
-    """(grid_user, cluster) -> priority (spec §5.3; missing = 0). Admin-maintained, small."""
+    """(grid_user, cluster) -> priority. Admin-maintained, small."""
     q = sa.select(users_priority.c.grid_user, users_priority.c.cluster_id, users_priority.c.priority)
     out: dict[tuple[str, int], int] = {}
     for u, cl, p in conn.execute(q):
@@ -164,7 +164,7 @@ def has_unqueued_tasks(conn: Connection, campaign_id: int) -> bool:
 
 @dataclass
 class Progress:
-    """What a campaign still has in the system (spec §3.1 finished?)."""
+    """What a campaign still has in the system."""
 
     campaign_id: int
     has_tasks: bool  # bag rows (queued or not)

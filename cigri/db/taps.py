@@ -1,4 +1,4 @@
-"""Taps: per (cluster, campaign) flow control (spec §3.6). The rate is the array size a
+"""Taps: per (cluster, campaign) flow control. The rate is the array size a
 runner submits in one go; a closed tap means "this cluster should not get more of it"."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def in_grace_period(tap: Tap, conf: Conf | None = None) -> bool:
 def increase_rate(conn: Connection, tap: Tap, conf: Conf | None = None, avg_duration: int | None = None,
                   temporal_grouping: bool = False) -> None:
     """Normal campaigns: rate × factor up to the max. Temporal grouping: the batch size that
-    fills RUNNER_TEMPORAL_GROUPING_DURATION seconds (CiGri3 hard-coded 900 s, §15.2 #22)."""
+    fills RUNNER_TEMPORAL_GROUPING_DURATION seconds (CiGri3 hard-coded 900 s)."""
     conf = conf or get_conf()
     if temporal_grouping:
         cap = conf.get("RUNNER_MAX_TEMPORAL_GROUPED_JOBS")

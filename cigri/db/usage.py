@@ -1,4 +1,4 @@
-"""grid_usage snapshots and cluster stress factors (spec §10.2 steps 5-6)."""
+"""grid_usage snapshots and cluster stress factors."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def last_snapshot(conn: Connection) -> datetime | None:
 
 
 def running_remote_ids(conn: Connection, cluster_id: int) -> set[int]:
-    """Remote ids of CiGri's running jobs on ONE cluster (CiGri3 mixed all clusters, §15.2 #30)."""
+    """Remote ids of CiGri's running jobs on ONE cluster (CiGri3 mixed all clusters)."""
     q = sa.select(jobs.c.remote_id).where(jobs.c.cluster_id == cluster_id, jobs.c.state == "running",
                                           jobs.c.remote_id.is_not(None)).distinct()
     return {int(r[0]) for r in conn.execute(q)}

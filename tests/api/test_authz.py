@@ -140,7 +140,7 @@ def test_notifications_and_tokens_are_per_user(alice: TestClient, bob: TestClien
 
 
 def test_ids_are_bound_parameters(alice: TestClient, campaign: int, pg_engine: Engine) -> None:
-    """spec §15.2 #27: ids pasted into SQL in CiGri3; here they are just not found."""
+    """Ids were pasted into SQL in CiGri3; here they are just not found."""
     for path in ("/jobs/1;DROP TABLE jobs", "/campaigns/1 OR 1=1/jobs", "/events/1'--",
                  "/gridusage?from=1;DELETE FROM campaigns&to=2"):
         assert alice.get(path).status_code in (400, 404), path

@@ -1,4 +1,4 @@
-"""Every HTTP/network failure of a cluster API becomes a typed error carrying the spec §8.5
+"""Every HTTP/network failure of a cluster API becomes a typed error carrying the
 event code (real HTTP on 127.0.0.1: refused port, slow server, unexpected bodies)."""
 
 from __future__ import annotations

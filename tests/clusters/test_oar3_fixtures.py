@@ -78,7 +78,7 @@ class FakeOar3:
 
     def kill(self, jid: int, cause: str) -> None:
         """End a job as OAR 3 does for a best-effort or walltime kill: `Error`, no exit_code,
-        the events with ids out of the order of their dates (API.md §7.3)."""
+        the events with ids out of the order of their dates, as the real OAR 3 does."""
         types = {"BESTEFFORT_KILL": ["BESTEFFORT_KILL", "FRAG_JOB_REQUEST", "SEND_KILL_JOB",
                                      "SWITCH_INTO_ERROR_STATE"],
                  "WALLTIME": ["FRAG_JOB_REQUEST", "WALLTIME", "SEND_KILL_JOB"]}[cause]
@@ -120,7 +120,7 @@ class FakeOar3:
             self.posted.append(req)
             if not isinstance(req.get("resource", []), list) or not isinstance(req.get("type", []), list):
                 return 422, JSON, json.dumps(fixture("post_422.json")).encode()
-            if any("=abc" in r for r in req.get("resource", [])):  # a malformed resource: API.md §7.1
+            if any("=abc" in r for r in req.get("resource", [])):  # a malformed resource (OAR 3 answers 400)
                 return 500, {"Content-Type": "text/plain; charset=utf-8"}, b"Internal Server Error"
             params = req["param_file"].split("\n") if "param_file" in req else [None]
             first = self.next_id
@@ -152,7 +152,7 @@ class FakeOar3:
                 user, err = self.user(headers)
                 if err:
                     return err
-                if jid not in self.jobs:  # API.md §7.2
+                if jid not in self.jobs:  # an unknown job (OAR 3 answers 404)
                     return 200, JSON, json.dumps({"id": jid, "exit_status": 7, "cmd_output": (
                         f"Deleting the job = {jid} ...Cannot frag {jid} ; Job does not exist. -3\n")}).encode()
                 if self.jobs[jid]["user"] != user:
@@ -195,7 +195,7 @@ def test_submit_array_with_jwt_and_arrays(oar3: Any) -> None:
     body = fake.posted[-1]
     assert body["resource"] == ["/core=1,walltime=00:10:00"]
     assert body["type"] == ["besteffort"]
-    assert body["command"] == "echo $HOME $CIGRI_CAMPAIGN_ID; run"  # every \$ unescaped (§15.2 #32)
+    assert body["command"] == "echo $HOME $CIGRI_CAMPAIGN_ID; run"  # every \$ unescaped
     assert body["param_file"] == "1\n10\n1 0\na#b\n"  # 5 lines, the last one empty: split on \n only
     assert "property" not in body and "project" not in body  # empty values not sent
     post = next(r for r in srv.requests if r[0] == "POST")

@@ -1,4 +1,4 @@
-"""What the oar2_5 adapter POSTs for a CiGri job request (spec §7.5/§8.3), without a cluster."""
+"""What the oar2_5 adapter POSTs for a CiGri job request, without a cluster."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Almighty (spec §1.3) with real subprocesses: the real judas, meta-scheduler, updator and
+"""Almighty with real subprocesses: the real judas, meta-scheduler, updator and
 nikita loops; runners and colombo replaced by a small stand-in process (they belong to
 engine part A and are tested there), so supervision is tested on its own."""
 

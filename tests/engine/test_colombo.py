@@ -1,4 +1,4 @@
-"""Colombo's decisions (spec §9.1, §9.2, §9.4) and the analysis of finished OAR jobs (§9.3)."""
+"""Colombo's decisions and the analysis of finished OAR jobs."""
 
 from __future__ import annotations
 

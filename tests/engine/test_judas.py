@@ -1,4 +1,4 @@
-"""Judas (spec §10.3) against a real SMTP server (aiosmtpd) started by the test."""
+"""Judas against a real SMTP server (aiosmtpd) started by the test."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_aggregated_errors_and_blacklists_by_mail(pg_engine, jconf, smtp):
     c1 = make_campaign(pg_engine, "alice", [cl], n_tasks=0)
     c2 = make_campaign(pg_engine, "bob", [cl], n_tasks=0)
     _subscribe(pg_engine, "alice", "alice@example.org", "low")
-    _subscribe(pg_engine, "bob", "bob@example.org", None)  # NULL severity = medium (spec §15.2 #28)
+    _subscribe(pg_engine, "bob", "bob@example.org", None)  # NULL severity = medium
     _subscribe(pg_engine, "%%admin%%", "admin@example.org", "medium")
     with pg_engine.begin() as c:
         e_bob = eventsdb.create_event(c, "job", "EXIT_ERROR", campaign_id=c2, cluster_id=cl, message="bob's stderr")
@@ -99,7 +99,7 @@ def test_aggregated_errors_and_blacklists_by_mail(pg_engine, jconf, smtp):
 
 
 def test_caps_send_exactly_the_cap_with_a_correct_overflow_message(pg_engine, jconf, smtp):
-    """CiGri3 sent cap-1 messages and said "log events" for generic ones (spec §15.2 #28)."""
+    """CiGri3 sent cap-1 messages and said "log events" for generic ones."""
     inbox, _ = smtp
     cl = add_cluster(pg_engine, "dahu")
     _subscribe(pg_engine, "%%admin%%", "admin@example.org", "low")

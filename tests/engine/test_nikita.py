@@ -1,4 +1,4 @@
-"""Nikita (spec §10.1) with a fake adapter recording the kills (fault injection)."""
+"""Nikita with a fake adapter recording the kills (fault injection)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _state(engine, job_id):
 
 
 def test_cancellation_kills_every_job_once_per_remote_id(engine):
-    """CiGri3 skipped every job after the first kill on a cluster (spec §15.2 #5)."""
+    """CiGri3 skipped every job after the first kill on a cluster."""
     cl1, cl2 = add_cluster(engine, "a"), add_cluster(engine, "b")
     cid = make_campaign(engine, "alice", [cl1, cl2], n_tasks=0)
     r1 = _job(engine, cid, cl1, "running", 101)
@@ -127,7 +127,7 @@ def test_single_job_cancellation(engine):
 
 
 def test_expired_walltime_killed_per_cluster_blacklist(engine):
-    """CiGri3 skipped jobs of campaigns blacklisted on ANY cluster and wrapped at 24 h (§15.2 #6)."""
+    """CiGri3 skipped jobs of campaigns blacklisted on ANY cluster and wrapped at 24 h."""
     cl1, cl2 = add_cluster(engine, "a"), add_cluster(engine, "b")
     cid = make_campaign(engine, "alice", [cl1, cl2], n_tasks=0, props={"*": {"walltime": "30:00:00"}})
     long_ago = now() - timedelta(hours=40)  # > 24 h: CiGri3's TIME cast never fired

@@ -1,5 +1,5 @@
-"""The runner against the fake OAR 3 server (no OAR 3 can run here; the fake behaves as the
-real one measured in /work/shared/oar/oar3/API.md §7) and the real PostgreSQL."""
+"""The runner against the fake OAR 3 server (no OAR 3 can run here; the fake behaves as a
+real one, tests/fixtures/oar3) and the real PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Admission rules (spec §5.1): Python snippets run in a limited worker process."""
+"""Admission rules: Python snippets run in a limited worker process."""
 
 import os
 import random

@@ -1,4 +1,4 @@
-"""Campaign operations on both databases (spec §3.1, §4.2-4.3, AC-13..AC-18, AC-29)."""
+"""Campaign operations on both databases."""
 
 import json
 import subprocess
@@ -30,7 +30,7 @@ def clusters(engine):
     return {"dahu": add_cluster(engine, "dahu"), "bigfoot": add_cluster(engine, "bigfoot")}
 
 
-def test_ac13_submit_two_params_three_clusters(engine, clusters):
+def test_submit_two_params_three_clusters(engine, clusters):
     jdl = {"name": "n", "params": ["0", "1"], "exec_file": "e",
            "clusters": {"dahu": {}, "bigfoot": {"walltime": "00:05:00"}, "my.other_cluster.fr": {}}}
     cid = C.submit_campaign(engine, jdl, "Rspec")
@@ -49,14 +49,14 @@ def test_ac13_submit_two_params_three_clusters(engine, clusters):
     assert set(stored["clusters"]) == {"dahu", "bigfoot", "my.other_cluster.fr"}
 
 
-def test_ac14_non_object_jdl(engine, clusters):
+def test_non_object_jdl(engine, clusters):
     for bad in ("", "[]", "3", None):
         with pytest.raises(CigriError):
             C.submit_campaign(engine, bad, "u")
     assert q(engine, "SELECT count(*) FROM campaigns")[0][0] == 0
 
 
-def test_ac29_save(engine, clusters):
+def test_save(engine, clusters):
     assert isinstance(C.submit_campaign(engine, JDL, "u"), int)
     with pytest.raises(ParseError):
         C.submit_campaign(engine, {"name": "n", "clusters": {"dahu": {"exec_file": "e"}}}, "u")
@@ -130,7 +130,7 @@ def test_large_param_file_both_paths(engine, clusters, tmp_path):
 
 
 # ---------------------------------------------------------------- add tasks
-def test_ac15_add_tasks_refusals(engine, clusters):
+def test_add_tasks_refusals(engine, clusters):
     cid = C.submit_campaign(engine, JDL, "Rspec")
     with pytest.raises(NotFound):
         C.add_tasks(engine, 123456, ["a"], "Rspec")
@@ -141,7 +141,7 @@ def test_ac15_add_tasks_refusals(engine, clusters):
         C.add_tasks(engine, cid, ["a"], "Rspec")
 
 
-def test_ac16_add_to_terminated(engine, clusters):
+def test_add_to_terminated(engine, clusters):
     cid = C.submit_campaign(engine, JDL, "Rspec")
     with engine.begin() as c:
         c.execute(schema.campaigns.update().where(schema.campaigns.c.id == cid).values(state="terminated"))
@@ -160,7 +160,7 @@ def test_add_tasks_duplicate_of_existing(engine, clusters):
 
 
 # ---------------------------------------------------------------- state changes
-def test_ac17_cancel(engine, clusters):
+def test_cancel(engine, clusters):
     cid = C.submit_campaign(engine, JDL, "Rspec")
     with engine.begin() as c:
         task = c.execute(sa.select(schema.bag_of_tasks.c.id).limit(1)).scalar_one()
@@ -178,7 +178,7 @@ def test_ac17_cancel(engine, clusters):
     assert [tuple(r) for r in ev] == [("campaign", "USER_FRAG", "open")]
 
 
-def test_ac18_delete(engine, clusters):
+def test_delete(engine, clusters):
     cid = C.submit_campaign(engine, JDL, "Rspec")
     with pytest.raises(NotFound):
         C.delete_campaign(engine, -1, "Rspec")
@@ -204,7 +204,7 @@ def test_pause_resume_and_state_rules(engine, clusters):
     row = C.update_campaign(engine, cid, "u", name="toto", state="paused")
     assert row["name"] == "toto" and row["state"] == "paused"
     C.cancel_campaign(engine, cid, "u")
-    with pytest.raises(StateError):  # spec §15.2 #24: no revival of a cancelled campaign
+    with pytest.raises(StateError):  # no revival of a cancelled campaign (CiGri3 allowed it)
         C.update_campaign(engine, cid, "u", state="in_treatment")
     with pytest.raises(ParseError):
         C.update_campaign(engine, cid, "u", state="terminated")
@@ -266,14 +266,14 @@ print(cid, hwm() - base)
     print("peak RSS growth (kB):", grown_kb)
 
 
-def test_ac10_to_ac12_connection_and_cluster_ids(engine, clusters):
+def test_connection_and_cluster_ids(engine, clusters):
     from cigri.db.clusters import cluster_ids_by_name, get_cluster
-    with engine.connect() as c:  # AC-10
+    with engine.connect() as c:
         assert c.execute(sa.text("SELECT 1")).scalar_one() == 1
-        assert isinstance(get_cluster(c, name="dahu").id, int)  # AC-11
+        assert isinstance(get_cluster(c, name="dahu").id, int)
         with pytest.raises(NotFound):
             get_cluster(c, name="nowhere")
-        assert cluster_ids_by_name(c, []) == {}  # AC-12
+        assert cluster_ids_by_name(c, []) == {}
         assert cluster_ids_by_name(c, ["dahu", "bigfoot", "non_existing.cluster"]) == clusters
         assert cluster_ids_by_name(c, ["non_existing.cluster"]) == {}
 
@@ -326,7 +326,7 @@ def test_concurrent_submissions(pg_engine, tmp_path):
                         "AND p.campaign_id = b.campaign_id")[0][0] == 220_030
 
 
-def test_ac29_invalid_db_handle_raises():
+def test_invalid_db_handle_raises():
     eng = sa.create_engine("postgresql+psycopg://cigri:cigri@127.0.0.1:1/nowhere")
     with pytest.raises(sa.exc.OperationalError):
         C.submit_campaign(eng, JDL, "u")

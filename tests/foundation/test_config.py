@@ -1,4 +1,4 @@
-"""Configuration (spec §13, AC-1..AC-3) and the shipped configuration files."""
+"""Configuration and the shipped configuration files."""
 
 from pathlib import Path
 
@@ -11,12 +11,12 @@ from cigri.errors import CigriError, ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_ac1_missing_file_is_a_cigri_error(tmp_path):
+def test_missing_file_is_a_cigri_error(tmp_path):
     with pytest.raises(CigriError, match="Unable to open config file"):
         Conf(tmp_path / "nope.conf")
 
 
-def test_ac2_existing_file(tmp_path):
+def test_existing_file(tmp_path):
     p = tmp_path / "cigri.conf"
     p.write_text('# comment\nINSTALL_PATH = "/usr/local/share/cigri/"\nLOG_LEVEL="DEBUG"\n\n')
     c = Conf(p)
@@ -27,7 +27,7 @@ def test_ac2_existing_file(tmp_path):
     assert c.get("Obiwankenobi") is None
 
 
-def test_ac3_global_conf_is_a_singleton(tmp_path, monkeypatch):
+def test_global_conf_is_a_singleton(tmp_path, monkeypatch):
     p = tmp_path / "cigri.conf"
     p.write_text('LOG_LEVEL = "WARN"\n')
     monkeypatch.setenv("CIGRICONFFILE", str(p))
@@ -54,7 +54,7 @@ def test_bad_lines_are_refused_with_file_and_line(tmp_path, text, expect):
 
 
 def test_unquoted_values_are_accepted(tmp_path):
-    """CiGri3 silently ignored STDERR_TAIL = 5 (spec §15.2 #22)."""
+    """CiGri3 silently ignored STDERR_TAIL = 5."""
     p = tmp_path / "c.conf"
     p.write_text("STDERR_TAIL = 7\nLOG_FILE = /tmp/x.log # trailing comment\n")
     c = Conf(p)

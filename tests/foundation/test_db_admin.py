@@ -1,4 +1,4 @@
-"""`cigri-db init | check | upgrade` (spec §2), including the upgrade of a CiGri 3.0-era database."""
+"""`cigri-db init | check | upgrade`, including the upgrade of a CiGri 3.0-era database."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Errors (AC-6) and CiGri3's log format (spec §1.6, AC-4, AC-5)."""
+"""Errors and CiGri3's log format."""
 
 import logging
 import re
@@ -11,7 +11,7 @@ from cigri.log import setup_logging
 
 
 @pytest.mark.parametrize("cls", [CigriError, NotFound, Unauthorized, ParseError])
-def test_ac6_errors(cls, tmp_path):
+def test_errors(cls, tmp_path):
     assert issubclass(cls, CigriError) and issubclass(CigriError, Exception)
     log = setup_logging("TESTLIB", Conf(values={"LOG_FILE": str(tmp_path / "l.log")}), logger="cigri.test6")
     e = cls("something bad", logger=log)
@@ -21,7 +21,7 @@ def test_ac6_errors(cls, tmp_path):
     assert "something bad" in lines[0] and "[TESTLIB]" in lines[0]
 
 
-def test_ac4_logger_needs_a_progname_and_a_writable_file(tmp_path):
+def test_logger_needs_a_progname_and_a_writable_file(tmp_path):
     with pytest.raises(ConfigError):
         setup_logging("", Conf())
     with pytest.raises(ConfigError, match="Cannot open log file"):
@@ -49,7 +49,7 @@ def test_stream_format(capsys):
     ("FATAL", ["F"]), ("ERROR", ["F", "E"]), ("WARN", ["F", "E", "W"]),
     ("INFO", ["F", "E", "W", "I"]), ("DEBUG", ["F", "E", "W", "I", "D"]),
 ])
-def test_ac5_level_filtering(tmp_path, level, expected):
+def test_level_filtering(tmp_path, level, expected):
     path = tmp_path / f"{level}.log"
     log = setup_logging("X", Conf(values={"LOG_FILE": str(path), "LOG_LEVEL": level}), logger=f"cigri.t5{level}")
     log.critical("f")

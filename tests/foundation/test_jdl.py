@@ -1,4 +1,4 @@
-"""JDL parser, validator and expander (spec §4, AC-23..AC-28), and bad inputs."""
+"""JDL parser, validator and expander, and bad inputs."""
 
 import json
 import os
@@ -19,18 +19,17 @@ def expand(d, known=None):
     return J.expand_jdl(d, CONF, USER, known)
 
 
-# ---------------------------------------------------------------- AC-23
 @pytest.mark.parametrize("jdl", [
     {"name": "n", "nb_jobs": 1, "clusters": {"dahu": {"exec_file": "e"}}},
     {"name": "n", "nb_jobs": 1, "exec_file": "e", "clusters": {"dahu": {}}},
     {"name": "n", "jobs_type": "desktop_computing", "exec_file": "e", "clusters": {"dahu": {}}},
     '{"name": "n", "params": ["a"], "exec_file": "e", "clusters": {"dahu": null}}',
 ])
-def test_ac23_valid_minimal(jdl):
+def test_valid_minimal(jdl):
     assert J.parse_jdl(jdl)["name"] == "n"
 
 
-# ---------------------------------------------------------------- AC-24 and bad input
+# ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("jdl,msg", [
     ({"nb_jobs": 1, "exec_file": "e", "clusters": {"d": {}}}, "mandatory field 'name'"),
     ({"name": "n", "nb_jobs": 1, "exec_file": "e"}, "mandatory field 'clusters'"),
@@ -70,25 +69,24 @@ def test_ac23_valid_minimal(jdl):
     ("[" * 100000, "JDL badly defined"),
     (42, "expected a JSON object"),
 ])
-def test_ac24_and_bad_input_give_one_clear_message(jdl, msg):
+def test_bad_input_gives_one_clear_message(jdl, msg):
     with pytest.raises(ParseError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")) as e:
         J.parse_jdl(jdl)
     assert "\n" not in str(e.value)
 
 
-# ---------------------------------------------------------------- AC-25
 @pytest.mark.parametrize("field,value", [("param_file", "/etc/hostname"), ("params", ["a"]), ("nb_jobs", 0)])
-def test_ac25_each_param_source_suffices(field, value):
+def test_each_param_source_suffices(field, value):
     J.parse_jdl({"name": "n", field: value, "exec_file": "e", "clusters": {"d": {}}})
 
 
-def test_ac25_no_params_is_refused():
+def test_no_params_is_refused():
     with pytest.raises(ParseError, match="No parameters for your campaign are defined"):
         J.parse_jdl({"name": "n", "exec_file": "e", "clusters": {"d": {}}})
 
 
-# ---------------------------------------------------------------- AC-26 / defaults / macros
-def test_ac26_expansion_and_defaults():
+# ---------------------------------------------------------------- defaults / macros
+def test_expansion_and_defaults():
     e = expand({"name": "n", "nb_jobs": 3, "exec_file": "e", "walltime": "00:10:00", "project": "",
                 "clusters": {"dahu": {"exec_file": "toto", "max_jobs": 50}, "luke": {"type": "normal"}}})
     assert "exec_file" not in e and "walltime" not in e
@@ -182,15 +180,15 @@ def _conf_without_walltime():
     return c
 
 
-# ---------------------------------------------------------------- AC-27 / AC-28 / params
-def test_ac27_nb_jobs():
+# ---------------------------------------------------------------- params
+def test_nb_jobs():
     e = expand({"name": "n", "nb_jobs": 10, "exec_file": "e", "clusters": {"d": {}}})
     assert list(J.iter_param_lines(e)) == [str(i) for i in range(10)]
     assert [n for n, _ in J.iter_named_params(e)] == [str(i) for i in range(10)]
     assert "nb_jobs" not in J.stored_jdl(e, 10)
 
 
-def test_ac28_param_file_stripped_and_home(tmp_path, monkeypatch):
+def test_param_file_stripped_and_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", os.path.expanduser("~"))
     pf = tmp_path / "p.txt"
     pf.write_text("param 1\n param 2    \n    param3")
