@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 from cigri.access import is_admin, may_act_on
 from cigri.campaigns import check_rights
 from cigri.config import Conf
-from cigri.db import api_queries as Q
+from cigri.db import events as dbevents
+from cigri.db import jobs as dbjobs
 from cigri.db.events import close_event, create_event, get_event
 from cigri.db.jobs import resubmit_job
 from cigri.errors import NotFound, Unauthorized
@@ -24,7 +25,7 @@ def fix_campaign_events(engine: Engine, cid: int, user: str, admins: Iterable[st
     `resubmit`, put their jobs' tasks back in the bag. Returns the jobs concerned."""
     with engine.begin() as conn:
         check_rights(conn, cid, user, admins)
-        job_ids = Q.close_campaign_events(conn, cid)
+        job_ids = dbevents.close_campaign_events(conn, cid)
         if resubmit:
             for j in job_ids:
                 resubmit_job(conn, j)
@@ -51,7 +52,7 @@ def fix_event(engine: Engine, eid: int, user: str, admins: Iterable[str], resubm
 def cancel_job(engine: Engine, job_id: int, user: str, admins: Iterable[str]) -> None:
     """Ask nikita to kill one job (a USER_FRAG event on it)."""
     with engine.begin() as conn:
-        job = Q.job_representation(conn, job_id)
+        job = dbjobs.job_representation(conn, job_id)
         if job is None:
             raise NotFound(f"Job {job_id} not found")
         if not may_act_on(user, job["grid_user"], admins):
@@ -68,7 +69,7 @@ def raise_event(engine: Engine, conf: Conf, class_: str, code: str, state: str =
     as in CiGri3 (a blacklist takes effect at once)."""
     with engine.begin() as conn:
         if job_id is not None:
-            campaign_id = Q.set_job_event_state(conn, job_id)
+            campaign_id = dbjobs.set_job_event_state(conn, job_id)
         eid = create_event(conn, class_, code, state=state, job_id=job_id, cluster_id=cluster_id,
                            campaign_id=campaign_id, parent=parent, message=message)
         if class_ == "cluster" and state == "open":

@@ -14,7 +14,8 @@ from sqlalchemy.engine import Connection
 from cigri.access import is_admin, may_act_on
 from cigri.api.auth import Authenticator, AuthError
 from cigri.api.core import forbidden, not_found
-from cigri.db import api_queries as Q
+from cigri.db import campaigns as dbcampaigns
+from cigri.db import jobs as dbjobs
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,14 @@ class Policy:
 
     def campaign(self, conn: Connection, cid: int, caller: Caller) -> dict[str, Any]:
         """The campaign row, if the caller owns it or is an admin (404 / 403 otherwise)."""
-        c = Q.get_campaign(conn, cid)
+        c = dbcampaigns.get_campaign(conn, cid)
         if c is None:
             raise not_found(f"Campaign {cid} not found")
         self.require_owner(caller, c["grid_user"], f"campaign {cid}")
         return c
 
     def job(self, conn: Connection, job_id: int, caller: Caller) -> dict[str, Any]:
-        job = Q.job_representation(conn, job_id)
+        job = dbjobs.job_representation(conn, job_id)
         if job is None:
             raise not_found(f"Job {job_id} not found")
         self.require_owner(caller, job["grid_user"], f"job {job_id}")

@@ -81,7 +81,7 @@ def daemon_conf(conf: Conf, cores: int | None) -> Path:
 
 
 def open_db(conf: Conf) -> Any:
-    from cigri.db import local as dblocal
+    from cigri.db import clusters as dbclusters
     from cigri.db.admin import init_schema, is_initialised
     from cigri.db.engine import get_engine, transaction
 
@@ -89,7 +89,7 @@ def open_db(conf: Conf) -> Any:
     if not is_initialised(engine):
         init_schema(engine)
     with transaction(engine) as conn:
-        dblocal.ensure_local_cluster(conn)
+        dbclusters.ensure_local_cluster(conn)
     return engine
 
 
@@ -197,7 +197,7 @@ def remember_run(conf: Conf, jdl_path: str, digest: str, cid: int) -> None:
 def submit_or_resume(conf: Conf, engine: Any, jdl_path: str, new: bool,
                      rerun_failed: bool = False) -> tuple[int, bool]:
     from cigri.campaigns import resume_campaign, submit_campaign
-    from cigri.db import local as dblocal
+    from cigri.db import progress
 
     data, digest = load_jdl(jdl_path)
     user = getpass.getuser()
@@ -205,7 +205,7 @@ def submit_or_resume(conf: Conf, engine: Any, jdl_path: str, new: bool,
         cid = find_run(conf, jdl_path, digest)
         if cid is not None:
             with engine.connect() as conn:
-                p = dblocal.progress(conn, cid)
+                p = progress.overview(conn, cid)
             state = p.get("state")
             if p and p["failed"] and p["active"] == 0 and state in ("in_treatment", "paused"):
                 if not rerun_failed:
@@ -423,9 +423,9 @@ class Display:
 
 def print_failed(conn: Any, cid: int, limit: int | None = 20, tail: int = 5) -> int:
     """The failed tasks of a campaign by name, with their exit code and the tail of their stderr."""
-    from cigri.db import local as dblocal
+    from cigri.db import progress
 
-    rows = dblocal.failed_tasks(conn, cid, None if limit is None else limit + 1)
+    rows = progress.failed_tasks(conn, cid, None if limit is None else limit + 1)
     for r in rows[:limit]:
         # the headline names the cause (its first line; the stderr tail is printed below)
         print("  " + failure_line(r["name"], r["code"], r["return_code"], (r["message"] or "").split("\n", 1)[0]))
@@ -440,7 +440,8 @@ def print_failed(conn: Any, cid: int, limit: int | None = 20, tail: int = 5) -> 
 
 # ------------------------------------------------------------------ commands
 def cmd_run(args: argparse.Namespace) -> int:
-    from cigri.db import local as dblocal
+    from cigri.db import campaigns as dbcampaigns
+    from cigri.db import progress
 
     conf = local_conf(args.conf)
     if args.cores is not None:
@@ -484,10 +485,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             with engine.connect() as conn:
                 # The full progress counts the campaign's jobs: its cost grows with the campaign,
                 # so it is refreshed at most 5 % of the time; a state change shows at once.
-                state = dblocal.campaign_state(conn, cid)
+                state = dbcampaigns.state_of(conn, cid)
                 if p is None or time.monotonic() >= refresh_at or state != p.get("state"):
                     t = time.monotonic()
-                    p = dblocal.progress(conn, cid)
+                    p = progress.overview(conn, cid)
                     refresh_at = time.monotonic() + max(0.5, 20 * (time.monotonic() - t))
             if not p:
                 display.end(cid, None)
@@ -612,7 +613,8 @@ def _stop_idle_executor(conf: Conf) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cigri.db import local as dblocal
+    from cigri.db import campaigns as dbcampaigns
+    from cigri.db import progress
     from cigri.db.admin import is_initialised
     from cigri.db.engine import get_engine
 
@@ -638,8 +640,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("No campaign yet.")
         return 0
     with engine.connect() as conn:
-        for cid in reversed(dblocal.latest_campaign_ids(conn, args.last)):
-            p = dblocal.progress(conn, cid)
+        for cid in reversed(dbcampaigns.latest_campaign_ids(conn, args.last)):
+            p = progress.overview(conn, cid)
             print(f"  {cid:>5} {p['name'][:30]:<30} {p['state']:<13} {p['done']}/{p['total']} done, "
                   f"{p['running']} running, {p['open_events']} open events")
     return 0
@@ -670,7 +672,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from cigri.db import local as dblocal
+    from cigri.db import campaigns as dbcampaigns
+    from cigri.db import progress
     from cigri.db.admin import is_initialised
     from cigri.db.engine import get_engine
 
@@ -682,7 +685,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         die("no campaign yet: `cigri local run JDL` runs one")
     with engine.connect() as conn:
         if args.campaign is None:
-            ids = dblocal.latest_campaign_ids(conn, 1)
+            ids = dbcampaigns.latest_campaign_ids(conn, 1)
             if not ids:
                 die("no campaign yet: `cigri local run JDL` runs one")
             cid = ids[0]
@@ -694,7 +697,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
             if found is None:
                 die(f"{args.campaign}: no campaign of this JDL (as it is now)")
             cid = found
-        p = dblocal.progress(conn, cid)
+        p = progress.overview(conn, cid)
         if not p:
             die(f"campaign {cid} not found")
         print(f"Campaign {cid} {p['name']} ({p['state']}): {p['done']}/{p['total']} done, {p['running']} running, "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.db.engine import chunked
 from cigri.db.schema import (
     bag_of_tasks,
     campaign_properties,
@@ -20,6 +22,7 @@ from cigri.db.schema import (
     taps,
     tasks_affinity,
 )
+from cigri.states import LIVE_CAMPAIGN_STATES
 
 
 def insert_campaign(conn: Connection, user: str, type_: str, name: str, jdl: dict[str, Any],
@@ -109,3 +112,58 @@ def max_resubmit_setting(conn: Connection, campaign_id: int) -> Any:
         return json.loads(jdl).get("max_resubmit") if jdl else None
     except (ValueError, AttributeError):
         return None
+
+
+#: the campaigns GET /campaigns lists
+LISTED_CAMPAIGN_STATES = LIVE_CAMPAIGN_STATES
+
+
+def list_campaigns(conn: Connection, states: Sequence[str] = LISTED_CAMPAIGN_STATES, user: str | None = None,
+                   limit: int | None = None, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Campaign rows (without the JDL, which may be megabytes) and the total count."""
+    cols = [campaigns.c.id, campaigns.c.name, campaigns.c.grid_user, campaigns.c.state,
+            campaigns.c.submission_time, campaigns.c.nb_jobs]
+    cond: list[sa.ColumnElement[bool]] = [campaigns.c.state.in_(list(states))]
+    if user:
+        cond.append(campaigns.c.grid_user == user)
+    q = sa.select(*cols).where(*cond).order_by(campaigns.c.id).offset(offset)
+    if limit is not None:
+        q = q.limit(limit)
+    rows = [dict(r) for r in conn.execute(q).mappings()]
+    if limit is None and offset == 0:
+        total = len(rows)
+    else:
+        total = int(conn.execute(sa.select(sa.func.count()).select_from(campaigns).where(*cond)).scalar_one())
+    return rows, total
+
+
+def campaign_cluster_ids(conn: Connection, campaign_ids: Sequence[int]) -> dict[int, list[int]]:
+    """campaign id -> the clusters it runs on (ordered as in the JDL, i.e. property ids)."""
+    out: dict[int, list[int]] = {}
+    for chunk in chunked(list(campaign_ids), 5000):
+        q = (sa.select(campaign_properties.c.campaign_id, campaign_properties.c.cluster_id,
+                       sa.func.min(campaign_properties.c.id).label("first"))
+             .where(campaign_properties.c.campaign_id.in_(chunk), campaign_properties.c.cluster_id.is_not(None))
+             .group_by(campaign_properties.c.campaign_id, campaign_properties.c.cluster_id)
+             .order_by(sa.text("first")))
+        for cid, cl, _ in conn.execute(q):
+            out.setdefault(int(cid), []).append(int(cl))
+    return out
+
+
+def stored_jdl(campaign: dict[str, Any]) -> Any:
+    """The campaign's stored JDL, parsed (as text if it is not JSON: a CiGri3-era row)."""
+    try:
+        return json.loads(campaign["jdl"] or "{}")
+    except ValueError:
+        return campaign["jdl"]
+
+
+def state_of(conn: Connection, campaign_id: int) -> str | None:
+    return conn.execute(sa.select(campaigns.c.state).where(campaigns.c.id == campaign_id)).scalar()
+
+
+def latest_campaign_ids(conn: Connection, n: int) -> list[int]:
+    """The ids of the `n` most recent campaigns, newest first."""
+    q = sa.select(campaigns.c.id).order_by(campaigns.c.id.desc()).limit(n)
+    return [int(r[0]) for r in conn.execute(q)]

@@ -1,4 +1,5 @@
-"""Clusters and users_mapping rows."""
+"""clusters rows (the local cluster's included) and users_mapping rows: logins and users'
+tokens on each cluster."""
 
 from __future__ import annotations
 
@@ -82,6 +83,70 @@ def user_mapping(conn: Connection, cluster_id: int) -> dict[str, str]:
     q = sa.select(users_mapping.c.grid_login, users_mapping.c.cluster_login).where(
         users_mapping.c.cluster_id == cluster_id)
     return {r.grid_login: r.cluster_login for r in conn.execute(q) if r.cluster_login is not None}
+
+
+def ensure_local_cluster(conn: Connection, name: str = "local", api_url: str = "local://") -> int:
+    """The `local` cluster row (created enabled if missing; re-enabled if disabled)."""
+    row = conn.execute(sa.select(clusters.c.id, clusters.c.enabled).where(clusters.c.name == name)).first()
+    if row is not None:
+        if not row.enabled:
+            conn.execute(clusters.update().where(clusters.c.id == row.id).values(enabled=True))
+        return int(row.id)
+    return int(conn.execute(clusters.insert().values(
+        name=name, api_url=api_url, batch="local", api_auth_type="none", resource_unit="core",
+        api_chunk_size=1000, api_limit=1000, power=1, stress_factor=0.0, enabled=True,
+    ).returning(clusters.c.id)).scalar_one())
+
+
+def enabled_cluster_batches(conn: Connection) -> dict[int, str]:
+    """id -> batch type of the enabled clusters."""
+    q = sa.select(clusters.c.id, clusters.c.batch).where(clusters.c.enabled.is_(True))
+    return {int(i): str(b) for i, b in conn.execute(q)}
+
+
+def cluster_representation(conn: Connection, cluster_id: int, threshold: float) -> dict[str, Any] | None:
+    r = conn.execute(sa.select(clusters).where(clusters.c.id == cluster_id)).mappings().first()
+    if r is None:
+        return None
+    from cigri.clusters.base import ClusterInfo
+    from cigri.db.events import cluster_blacklisted
+
+    info = ClusterInfo.from_row(dict(r))
+    d = {k: v for k, v in dict(r).items() if k not in ("api_username", "api_password", "jwt_key_file")}
+    d["api_auth_header"] = info.api_auth_header
+    sf = float(d.get("stress_factor") or 0.0)
+    d["blacklisted"] = cluster_blacklisted(conn, cluster_id)
+    d["under_stress"] = sf >= threshold
+    d["stress_factor"] = f"{sf}/{threshold}"
+    return d
+
+
+def cluster_auth_type(conn: Connection, cluster_id: int) -> str | None:
+    return conn.execute(sa.select(clusters.c.api_auth_type).where(clusters.c.id == cluster_id)).scalar()
+
+
+def list_tokens(conn: Connection, grid_login: str) -> list[dict[str, Any]]:
+    q = (sa.select(users_mapping.c.cluster_id, users_mapping.c.cluster_login)
+         .select_from(users_mapping.join(clusters, clusters.c.id == users_mapping.c.cluster_id))
+         .where(users_mapping.c.grid_login == grid_login, clusters.c.api_auth_type == "jwt")
+         .order_by(users_mapping.c.cluster_id))
+    return [{"cluster_id": int(c), "cluster_login": login} for c, login in conn.execute(q)]
+
+
+def upsert_token(conn: Connection, grid_login: str, cluster_id: int, token: str) -> None:
+    value = f"Bearer {token}"
+    res = conn.execute(users_mapping.update().where(users_mapping.c.grid_login == grid_login,
+                                                    users_mapping.c.cluster_id == cluster_id)
+                       .values(cluster_login=value))
+    if not res.rowcount:
+        conn.execute(users_mapping.insert().values(grid_login=grid_login, cluster_id=cluster_id, cluster_login=value))
+
+
+def delete_token(conn: Connection, grid_login: str, cluster_id: int) -> int:
+    res = conn.execute(users_mapping.delete().where(users_mapping.c.grid_login == grid_login,
+                                                    users_mapping.c.cluster_id == cluster_id))
+    return int(res.rowcount or 0)
+
 
 
 def enabled_cluster_names(conn: Connection) -> dict[int, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,12 @@ def reset_engines() -> None:
     for e in _engines.values():
         e.dispose(close=False)
     _engines.clear()
+
+
+def chunked(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    """`items` in lists of at most `size` (bounded IN lists)."""
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])
 
 
 def is_sqlite(bind: Engine | Connection) -> bool:

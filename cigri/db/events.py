@@ -1,13 +1,17 @@
-"""Events: creation, closing, the blacklist queries everyone needs and colombo's queries."""
+"""events rows: creation, closing, blacklists, the decisions on open events, notification,
+and their listings."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.clock import iso
+from cigri.db.campaigns import campaign_cluster_ids
+from cigri.db.clusters import all_cluster_names
 from cigri.db.engine import is_sqlite
 from cigri.db.schema import events, now
 from cigri.sanitize import clean_text
@@ -90,7 +94,7 @@ def campaign_blacklists(conn: Connection, cluster_id: int | None = None) -> dict
     return out
 
 
-# ------------------------------------------------------------------ colombo's queries
+# ------------------------------------------------------------------ decisions on open events
 
 
 def _undecided(skip_codes: Iterable[str]) -> Any:
@@ -171,7 +175,7 @@ def open_cluster_events(conn: Connection, cluster_id: int, code: str) -> list[in
     return [int(r[0]) for r in conn.execute(q)]
 
 
-# ------------------------------------------------------------------ nikita's queries
+# ------------------------------------------------------------------ trace events of kills and cancellations
 
 
 def jobs_with_event(conn: Connection, code: str, job_ids: list[int]) -> set[int]:
@@ -226,7 +230,7 @@ def forget_job_events_of_campaign(conn: Connection, campaign_id: int) -> None:
     close_events(conn, ids)
 
 
-# ------------------------------------------------------------------ judas's queries
+# ------------------------------------------------------------------ notification
 
 
 def unnotified(conn: Connection, limit: int) -> list[dict[str, Any]]:
@@ -238,3 +242,99 @@ def unnotified(conn: Connection, limit: int) -> list[dict[str, Any]]:
 def mark_notified(conn: Connection, ids: list[int]) -> None:
     for i in range(0, len(ids), 1000):
         conn.execute(events.update().where(events.c.id.in_(ids[i:i + 1000])).values(notified=True))
+
+
+# ------------------------------------------------------------------ listings
+
+
+HIDDEN_ALL_EVENT_CODES = ("REMOTE_WAITING_FRAG", "FRAG_RESUBMIT_BY_NIKITA")
+
+
+def campaigns_with_events(conn: Connection, campaign_ids: Sequence[int]) -> set[int]:
+    """Campaigns having open events, including open global events on their clusters.
+    Open events are few (partial index): read them, not the campaigns' history."""
+    ids = set(campaign_ids)
+    if not ids:
+        return set()
+    with_events: set[int] = set()
+    bad_clusters: set[int] = set()
+    if len(ids) <= 200:  # a page or one campaign: indexed look-ups by campaign
+        q = sa.select(events.c.campaign_id).where(events.c.campaign_id.in_(sorted(ids)),
+                                                  events.c.state == "open").distinct()
+        with_events = {int(r[0]) for r in conn.execute(q)}
+        q = sa.select(events.c.cluster_id).where(events.c.state == "open", events.c.campaign_id.is_(None),
+                                                 events.c.cluster_id.is_not(None)).distinct()
+        bad_clusters = {int(r[0]) for r in conn.execute(q)}
+    else:
+        q = sa.select(events.c.campaign_id, events.c.cluster_id).where(
+            events.c.state == "open", sa.or_(events.c.campaign_id.is_not(None), events.c.cluster_id.is_not(None))
+        ).distinct()
+        for cid, cl in conn.execute(q):
+            if cid is not None:
+                if int(cid) in ids:
+                    with_events.add(int(cid))
+            elif cl is not None:
+                bad_clusters.add(int(cl))
+    if bad_clusters:
+        rest = [i for i in ids if i not in with_events]
+        for cid, cls in campaign_cluster_ids(conn, rest).items():
+            if bad_clusters.intersection(cls):
+                with_events.add(cid)
+    return with_events
+
+
+def format_event(row: Any, names: dict[int, str]) -> dict[str, Any]:
+    return {"id": int(row["id"]), "class": row["class"], "code": row["code"], "job_id": row["job_id"],
+            "cluster_id": row["cluster_id"],
+            "cluster_name": names.get(row["cluster_id"]) if row["cluster_id"] is not None else None,
+            "campaign_id": row["campaign_id"],
+            "date_open": iso(row["date_open"]), "message": row["message"], "parent": row["parent"],
+            "state": row["state"]}
+
+
+def campaign_events(conn: Connection, campaign_id: int, all_events: bool, limit: int,
+                    offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Open events of the campaign and of its clusters; or (all) every event of the campaign."""
+    if all_events:
+        cond = sa.and_(events.c.campaign_id == campaign_id, events.c.code.not_in(HIDDEN_ALL_EVENT_CODES))
+    else:
+        cl = campaign_cluster_ids(conn, [campaign_id]).get(campaign_id, [])
+        cond = sa.and_(events.c.state == "open", sa.or_(
+            events.c.campaign_id == campaign_id,
+            sa.and_(events.c.campaign_id.is_(None), events.c.cluster_id.in_(cl),
+                    events.c["class"].not_in(["job", "campaign"]))))
+    names = all_cluster_names(conn)
+    rows = conn.execute(sa.select(events).where(cond).order_by(events.c.id).limit(limit).offset(offset)).mappings()
+    items = [format_event(r, names) for r in rows]
+    total = int(conn.execute(sa.select(sa.func.count()).select_from(events).where(cond)).scalar_one())
+    return items, total
+
+
+def global_events(conn: Connection, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    cond = sa.and_(events.c.state == "open", events.c["class"].not_in(["job", "campaign"]))
+    names = all_cluster_names(conn)
+    rows = conn.execute(sa.select(events).where(cond).order_by(events.c.id).limit(limit).offset(offset)).mappings()
+    total = int(conn.execute(sa.select(sa.func.count()).select_from(events).where(cond)).scalar_one())
+    return [format_event(r, names) for r in rows], total
+
+
+def event_representation(conn: Connection, event_id: int) -> dict[str, Any] | None:
+    r = conn.execute(sa.select(events).where(events.c.id == event_id)).mappings().first()
+    if r is None:
+        return None
+    d = dict(r)
+    for k in ("date_open", "date_closed", "date_update"):
+        d[k] = iso(d[k])
+    if d["cluster_id"] is not None:
+        d["cluster_name"] = all_cluster_names(conn).get(d["cluster_id"])
+    return d
+
+
+def close_campaign_events(conn: Connection, campaign_id: int) -> list[int]:
+    """Close the campaign's open events except BLACKLIST (lifted by the updator);
+    returns the jobs that had one (for resubmission)."""
+    cond = sa.and_(events.c.campaign_id == campaign_id, events.c.state == "open", events.c.code != "BLACKLIST")
+    job_ids = sorted({int(r[0]) for r in conn.execute(sa.select(events.c.job_id).where(
+        cond, events.c.job_id.is_not(None)))})
+    conn.execute(events.update().where(cond).values(state="closed", date_closed=now(), date_update=now()))
+    return job_ids

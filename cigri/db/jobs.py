@@ -8,6 +8,7 @@ or directly for prologue/epilogue jobs."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.clock import epoch
 from cigri.clusters.base import Outcome
 from cigri.db.engine import is_sqlite
-from cigri.db.schema import bag_of_tasks, campaigns, events, jobs, parameters, tasks_affinity
+from cigri.db.schema import bag_of_tasks, campaigns, clusters, events, jobs, parameters, tasks_affinity
+from cigri.errors import NotFound
 from cigri.event_codes import RESUBMIT_PRIORITY
 from cigri.states import (
     ENDED_CAMPAIGN_STATES,
@@ -26,6 +29,7 @@ from cigri.states import (
     UNFINISHED_JOB_STATES,
     JobState,
     check_job_transition,
+    sources_of,
 )
 
 _CHUNK = 5000  # ids per statement (bounded IN lists)
@@ -145,7 +149,7 @@ def resubmission_counts(conn: Connection, campaign_id: int, cluster_id: int, win
     return resub, total
 
 
-# ------------------------------------------------------------------ kills (nikita)
+# ------------------------------------------------------------------ jobs to kill
 
 
 def _kill_rows(conn: Connection, where: Any) -> list[dict[str, Any]]:
@@ -182,3 +186,46 @@ def forget_affinity_of_ended_campaigns(conn: Connection) -> None:
         parameters.join(campaigns, campaigns.c.id == parameters.c.campaign_id)).where(
         campaigns.c.state.in_(ENDED_CAMPAIGN_STATES))
     conn.execute(tasks_affinity.delete().where(tasks_affinity.c.param_id.in_(dead)))
+
+
+# ------------------------------------------------------------------ a job as the API shows it
+
+
+def job_representation(conn: Connection, job_id: int) -> dict[str, Any] | None:
+    q = (sa.select(jobs, campaigns.c.grid_user, parameters.c.param, clusters.c.name.label("cluster_name"))
+         .select_from(jobs.outerjoin(campaigns, campaigns.c.id == jobs.c.campaign_id)
+                      .outerjoin(parameters, parameters.c.id == jobs.c.param_id)
+                      .outerjoin(clusters, clusters.c.id == jobs.c.cluster_id))
+         .where(jobs.c.id == job_id))
+    r = conn.execute(q).mappings().first()
+    return _job_dict(r) if r else None
+
+
+def _job_dict(r: Any) -> dict[str, Any]:
+    d = dict(r)
+    for k in ("submission_time", "start_time", "stop_time"):
+        d[k] = epoch(d[k])
+    try:
+        d["runner_options"] = json.loads(d["runner_options"]) if d.get("runner_options") else {}
+    except ValueError:
+        pass
+    return d
+
+
+def finished_jobs(conn: Connection, campaign_id: int) -> list[dict[str, Any]]:
+    q = (sa.select(jobs, campaigns.c.grid_user, parameters.c.param, clusters.c.name.label("cluster_name"))
+         .select_from(jobs.outerjoin(campaigns, campaigns.c.id == jobs.c.campaign_id)
+                      .outerjoin(parameters, parameters.c.id == jobs.c.param_id)
+                      .outerjoin(clusters, clusters.c.id == jobs.c.cluster_id))
+         .where(jobs.c.campaign_id == campaign_id, jobs.c.state.in_(["terminated", "event"]))
+         .order_by(jobs.c.id))
+    return [_job_dict(r) for r in conn.execute(q).mappings()]
+
+
+def set_job_event_state(conn: Connection, job_id: int) -> int | None:
+    """Put a job in the `event` state (admin MANUAL_EVENT); returns its campaign id."""
+    cid = conn.execute(sa.select(jobs.c.campaign_id).where(jobs.c.id == job_id)).scalar()
+    if cid is None:
+        raise NotFound(f"Job {job_id} not found")
+    change_state(conn, job_id, sources_of(JobState.EVENT), JobState.EVENT)
+    return int(cid)

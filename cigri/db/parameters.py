@@ -1,4 +1,5 @@
-"""parameters + bag_of_tasks bulk ingestion, streamed in bounded chunks.
+"""A campaign's tasks: parameters and bag_of_tasks rows, ingested in bulk (streamed in
+bounded chunks), and listed with their attempts.
 
 PostgreSQL: each chunk's parameter ids are drawn from the sequence in one statement,
 the chunk is sent with COPY, and its bag_of_tasks rows are generated server-side
@@ -14,15 +15,16 @@ from __future__ import annotations
 import queue
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cigri.db.clusters import all_cluster_names
 from cigri.db.engine import is_sqlite
-from cigri.db.schema import bag_of_tasks, parameters
-from cigri.errors import ParseError
+from cigri.db.schema import bag_of_tasks, jobs, jobs_to_launch, parameters
+from cigri.errors import NotFound, ParseError
 
 CHUNK = 50_000
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -272,3 +274,99 @@ def ensure_null_parameter(conn: Connection) -> None:
     if conn.execute(sa.select(parameters.c.id).where(parameters.c.id == 0)).first() is None:
         conn.execute(parameters.insert().values(id=0, campaign_id=0, name="null",
                                                 param="null parameter for special jobs, dont delete!"))
+
+
+# ------------------------------------------------------------------ a campaign's tasks and their attempts
+
+
+def campaign_tasks(conn: Connection, campaign_id: int, limit: int, offset: int,
+                   state: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """One page of the task listing.
+
+    Without `state`, pages are over parameters (each attempt of a task is one item);
+    with `state` (a job state, `queued` or `pending`), over the matching rows."""
+    names = all_cluster_names(conn)
+    if state is None:
+        q = (sa.select(parameters.c.id, parameters.c.name, parameters.c.param)
+             .where(parameters.c.campaign_id == campaign_id).order_by(parameters.c.id).limit(limit).offset(offset))
+        params = list(conn.execute(q))
+        return _expand_tasks(conn, params, names), -1
+    if state == "queued":
+        base = (sa.select(parameters.c.id, parameters.c.name, parameters.c.param)
+                .select_from(parameters.join(bag_of_tasks, bag_of_tasks.c.param_id == parameters.c.id)
+                             .join(jobs_to_launch, jobs_to_launch.c.task_id == bag_of_tasks.c.id))
+                .where(parameters.c.campaign_id == campaign_id).distinct())
+    elif state == "pending":
+        queued = (sa.select(bag_of_tasks.c.param_id)
+                  .select_from(bag_of_tasks.join(jobs_to_launch, jobs_to_launch.c.task_id == bag_of_tasks.c.id))
+                  .where(bag_of_tasks.c.campaign_id == campaign_id))
+        has_job = sa.select(jobs.c.id).where(jobs.c.param_id == parameters.c.id).exists()
+        base = (sa.select(parameters.c.id, parameters.c.name, parameters.c.param)
+                .where(parameters.c.campaign_id == campaign_id, ~has_job, parameters.c.id.not_in(queued)))
+    else:
+        q = (sa.select(jobs.c.id, jobs.c.param_id, jobs.c.cluster_id, jobs.c.remote_id, jobs.c.state,
+                       parameters.c.name, parameters.c.param)
+             .select_from(jobs.join(parameters, parameters.c.id == jobs.c.param_id))
+             .where(jobs.c.campaign_id == campaign_id, jobs.c.state == state, jobs.c.param_id > 0))
+        total = int(conn.execute(sa.select(sa.func.count()).select_from(q.subquery())).scalar_one())
+        rows = conn.execute(q.order_by(jobs.c.param_id, jobs.c.id).limit(limit).offset(offset))
+        items = [{"id": int(r.param_id), "name": r.name, "parameters": r.param,
+                  "cluster": names.get(r.cluster_id) if r.cluster_id is not None else None,
+                  "cigri_job_id": int(r.id), "remote_id": r.remote_id, "state": r.state} for r in rows]
+        return items, total
+    total = int(conn.execute(sa.select(sa.func.count()).select_from(base.subquery())).scalar_one())
+    params = list(conn.execute(base.order_by(parameters.c.id).limit(limit).offset(offset)))
+    items = _expand_tasks(conn, params, names)
+    items = [i for i in items if i["state"] == state]
+    return items, total
+
+
+def _expand_tasks(conn: Connection, params: Sequence[Any], names: dict[int, str]) -> list[dict[str, Any]]:
+    ids = [int(p.id) for p in params]
+    if not ids:
+        return []
+    by_param: dict[int, list[Any]] = {}
+    q = (sa.select(jobs.c.id, jobs.c.param_id, jobs.c.cluster_id, jobs.c.remote_id, jobs.c.state)
+         .where(jobs.c.param_id.in_(ids)).order_by(jobs.c.id))
+    for r in conn.execute(q):
+        by_param.setdefault(int(r.param_id), []).append(r)
+    q = (sa.select(bag_of_tasks.c.param_id, jobs_to_launch.c.cluster_id)
+         .select_from(bag_of_tasks.join(jobs_to_launch, jobs_to_launch.c.task_id == bag_of_tasks.c.id))
+         .where(bag_of_tasks.c.param_id.in_(ids)))
+    queued = {int(r[0]): int(r[1]) for r in conn.execute(q)}
+    items: list[dict[str, Any]] = []
+    for p in params:
+        pid = int(p.id)
+        base = {"id": pid, "name": p.name, "parameters": p.param}
+        attempts = by_param.get(pid)
+        if attempts:
+            for j in attempts:
+                items.append(base | {"cluster": names.get(j.cluster_id) if j.cluster_id is not None else None,
+                                     "cigri_job_id": int(j.id), "remote_id": j.remote_id, "state": j.state})
+        elif pid in queued:
+            items.append(base | {"cluster": names.get(queued[pid]), "cigri_job_id": None, "remote_id": None,
+                                 "state": "queued"})
+        else:
+            items.append(base | {"cluster": None, "cigri_job_id": None, "remote_id": None, "state": "pending"})
+    return items
+
+
+def campaign_task(conn: Connection, campaign_id: int, task_id: int) -> dict[str, Any]:
+    """One task and all its executions."""
+    p = conn.execute(sa.select(parameters).where(parameters.c.id == task_id,
+                                                 parameters.c.campaign_id == campaign_id)).mappings().first()
+    if p is None:
+        raise NotFound(f"Task {task_id} not found in campaign {campaign_id}")
+    names = all_cluster_names(conn)
+    execs = [{"id": int(j.id), "cluster_id": j.cluster_id, "cluster_name": names.get(j.cluster_id),
+              "state": j.state, "return_code": j.return_code, "remote_id": j.remote_id}
+             for j in conn.execute(sa.select(jobs).where(jobs.c.param_id == task_id).order_by(jobs.c.id))]
+    if execs:
+        state = execs[-1]["state"]
+    else:
+        queued = conn.execute(
+            sa.select(jobs_to_launch.c.id)
+            .select_from(jobs_to_launch.join(bag_of_tasks, bag_of_tasks.c.id == jobs_to_launch.c.task_id))
+            .where(bag_of_tasks.c.param_id == task_id).limit(1)).first()
+        state = "queued" if queued else "waiting"
+    return {"id": int(p["id"]), "name": p["name"], "parameters": p["param"], "state": state, "execution": execs}

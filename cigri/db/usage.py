@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cigri.db.schema import clusters, grid_usage, jobs
+from cigri.clock import epoch
+from cigri.db.clusters import all_cluster_names
+from cigri.db.schema import clusters, grid_usage, jobs, now
 
 
 def last_snapshot(conn: Connection) -> datetime | None:
@@ -36,3 +39,22 @@ def set_stress_factor(conn: Connection, cluster_id: int, value: float) -> bool:
                                                       clusters.c.stress_factor != value))
                        .values(stress_factor=value))
     return bool(res.rowcount)
+
+
+def gridusage(conn: Connection, date_from: datetime | None, date_to: datetime | None) -> list[dict[str, Any]]:
+    names = all_cluster_names(conn)
+    if date_from is None and date_to is None:
+        last = conn.execute(sa.select(sa.func.max(grid_usage.c.date))).scalar()
+        if last is None:
+            return []
+        cond = grid_usage.c.date == last
+    else:
+        cond = sa.and_(grid_usage.c.date > (date_from or datetime.fromtimestamp(0).astimezone()),
+                       grid_usage.c.date <= (date_to or now()))
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for r in conn.execute(sa.select(grid_usage).where(cond).order_by(grid_usage.c.date, grid_usage.c.cluster_id)):
+        out.setdefault(r.date, []).append({
+            "cluster_name": names.get(r.cluster_id), "cluster_id": r.cluster_id,
+            "max_resources": r.max_resources, "used_resources": r.used_resources,
+            "used_by_cigri": r.used_by_cigri, "unavailable_resources": r.unavailable_resources})
+    return [{"date": epoch(d), "clusters": cl} for d, cl in out.items()]

@@ -11,12 +11,17 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from cigri import campaigns as C
+from cigri import clock
 from cigri import events as E
 from cigri.api.bodies import JDL_SCHEMA, CampaignUpdate, TaskLines, loads, parse_json, read_body, request_body, validate
 from cigri.api.core import ApiError, accepted, bad, flag, int_id, int_param, link, not_found, prefix_of, pretty, render
 from cigri.api.policy import Caller
 from cigri.api.state import Api, get_api
-from cigri.db import api_queries as Q
+from cigri.db import campaigns as dbcampaigns
+from cigri.db import events as dbevents
+from cigri.db import jobs as dbjobs
+from cigri.db import parameters as dbparameters
+from cigri.db import progress
 from cigri.errors import AdmissionRuleError, ParseError, StateError
 from cigri.states import JOB_STATES
 
@@ -30,7 +35,7 @@ def format_campaign(request: Request, c: dict[str, Any], finished: int, has_even
     cid = int(c["id"])
     d: dict[str, Any] = {
         "id": cid, "name": c["name"], "user": c["grid_user"], "state": c["state"], "has_events": has_events,
-        "submission_time": Q.epoch(c["submission_time"]), "total_jobs": c["nb_jobs"] or 0,
+        "submission_time": clock.epoch(c["submission_time"]), "total_jobs": c["nb_jobs"] or 0,
         "finished_jobs": finished,
         "links": [link(request, "self", f"/campaigns/{cid}"), link(request, "parent", "/campaigns"),
                   link(request, "collection", f"/campaigns/{cid}/jobs", "jobs"),
@@ -44,19 +49,19 @@ def format_campaign(request: Request, c: dict[str, Any], finished: int, has_even
 
 def campaign_body(api: Api, request: Request, cid: int, with_clusters: bool) -> dict[str, Any]:
     with api.engine.connect() as conn:
-        c = Q.get_campaign(conn, cid)
+        c = dbcampaigns.get_campaign(conn, cid)
         if c is None:
             raise not_found(f"Campaign {cid} not found")
-        fin, ev, cl = Q.campaign_summary(conn, c, with_clusters)
+        fin, ev, cl = progress.campaign_summary(conn, c, with_clusters)
     return format_campaign(request, c, fin, ev, cl)
 
 
 def _campaign_list(api: Api, request: Request, user: str | None, lim: int | None, off: int) -> tuple[bytes, int]:
     with api.engine.connect() as conn:
-        rows, total = Q.list_campaigns(conn, user=user, limit=lim, offset=off)
+        rows, total = dbcampaigns.list_campaigns(conn, user=user, limit=lim, offset=off)
         whole = user is None and lim is None and off == 0
-        fin = Q.finished_counts(conn, rows, Q.LISTED_CAMPAIGN_STATES if whole else None)
-        ev = Q.campaigns_with_events(conn, [int(r["id"]) for r in rows])
+        fin = progress.finished_counts(conn, rows, dbcampaigns.LISTED_CAMPAIGN_STATES if whole else None)
+        ev = dbevents.campaigns_with_events(conn, [int(r["id"]) for r in rows])
     items = [format_campaign(request, r, fin[int(r["id"])], int(r["id"]) in ev) for r in rows]
     resp = render(request, 200, {"items": items, "total": total,
                                  "links": [link(request, "self", "/campaigns"), link(request, "parent", "/")]})
@@ -174,17 +179,17 @@ def delete_campaign(request: Request, api: ApiDep, cid: str, hold: str | None = 
 def stats(request: Request, api: ApiDep, cid: str, pretty_: str | None = Query(None, alias="pretty")) -> Response:
     i = int_id(cid)
     with api.engine.connect() as conn:
-        c = Q.get_campaign(conn, i)
+        c = dbcampaigns.get_campaign(conn, i)
         if c is None:
             raise not_found(f"Campaign {i} not found")
-        body = Q.campaign_stats(conn, c, int(api.conf.get("CAMPAIGN_THROUGHPUT_WINDOW")))
+        body = progress.campaign_stats(conn, c, int(api.conf.get("CAMPAIGN_THROUGHPUT_WINDOW")))
     return render(request, 200, body, "GET")
 
 
 @router.get("/campaigns/{cid}/jdl", summary="The stored (expanded) JDL — owner or admin")
 def jdl(request: Request, api: ApiDep, cid: str, pretty_: str | None = Query(None, alias="pretty")) -> Response:
     c = _owned(api, int_id(cid), api.policy.user(request))
-    return render(request, 200, Q.stored_jdl(c), "GET")
+    return render(request, 200, dbcampaigns.stored_jdl(c), "GET")
 
 
 @router.get("/campaigns/{cid}/jobs", summary="Tasks of a campaign, paginated, filterable by state — owner or admin")
@@ -198,7 +203,7 @@ def tasks(request: Request, api: ApiDep, cid: str, limit: str | None = Query(Non
     caller = api.policy.user(request)
     with api.engine.connect() as conn:
         c = api.policy.campaign(conn, i, caller)
-        items, total = Q.campaign_tasks(conn, i, lim, off, state)
+        items, total = dbparameters.campaign_tasks(conn, i, lim, off, state)
     if total < 0:
         total = c["nb_jobs"] or 0
     for it in items:
@@ -242,7 +247,7 @@ def finished(request: Request, api: ApiDep, cid: str, pretty_: str | None = Quer
     caller = api.policy.user(request)
     with api.engine.connect() as conn:
         api.policy.campaign(conn, i, caller)
-        items = Q.finished_jobs(conn, i)
+        items = dbjobs.finished_jobs(conn, i)
     return render(request, 200, {"items": items}, "GET,POST")
 
 
@@ -253,7 +258,7 @@ def task(request: Request, api: ApiDep, cid: str, task_id: str,
     caller = api.policy.user(request)
     with api.engine.connect() as conn:
         api.policy.campaign(conn, i, caller)
-        body = Q.campaign_task(conn, i, t)
+        body = dbparameters.campaign_task(conn, i, t)
     body["links"] = [link(request, "self", f"/campaigns/{i}/jobs/{t}"),
                      link(request, "parent", f"/campaigns/{i}/jobs")]
     return render(request, 200, body, "GET")
@@ -269,7 +274,7 @@ def campaign_events(request: Request, api: ApiDep, cid: str, limit: str | None =
     caller = api.policy.user(request)
     with api.engine.connect() as conn:
         api.policy.campaign(conn, i, caller)
-        items, total = Q.campaign_events(conn, i, flag(all_), lim, off)
+        items, total = dbevents.campaign_events(conn, i, flag(all_), lim, off)
     if not items:
         raise not_found(f"No events for campaign {i}")
     return render(request, 200, {"items": items, "total": total, "offset": off}, "GET")

@@ -11,7 +11,7 @@ from cigri.api.core import ApiError, bad, forbidden, int_id, link, not_found, re
 from cigri.api.state import Api, get_api
 from cigri.clusters.base import ClusterAPIError, ClusterAPINotFound
 from cigri.clusters.http import media_path
-from cigri.db import api_queries as Q
+from cigri.db import clusters as dbclusters
 from cigri.db.clusters import get_cluster, user_mapping
 
 router = APIRouter()
@@ -30,8 +30,8 @@ def adapter_for(api: Api, info: Any, mapping: dict[str, str]) -> Any:
 @router.get("/clusters", summary="Enabled clusters")
 def clusters(request: Request, api: ApiDep, pretty_: str | None = Query(None, alias="pretty")) -> Response:
     with api.engine.connect() as conn:
-        names = Q.enabled_cluster_names(conn)
-        batches = Q.enabled_cluster_batches(conn)
+        names = dbclusters.enabled_cluster_names(conn)
+        batches = dbclusters.enabled_cluster_batches(conn)
     items = [{"id": i, "name": n, "batch": batches.get(i), "links": [link(request, "self", f"/clusters/{i}"),
                                                                       link(request, "parent", "/clusters")]}
              for i, n in sorted(names.items())]
@@ -45,7 +45,7 @@ def cluster(request: Request, api: ApiDep, clid: str, pretty_: str | None = Quer
             ) -> Response:
     i = int_id(clid)
     with api.engine.connect() as conn:
-        body = Q.cluster_representation(conn, i, float(api.conf.get("STRESS_FACTOR")))
+        body = dbclusters.cluster_representation(conn, i, float(api.conf.get("STRESS_FACTOR")))
     if body is None:
         raise not_found(f"Cluster {i} not found")
     body["links"] = [link(request, "self", f"/clusters/{i}"), link(request, "parent", "/clusters")]

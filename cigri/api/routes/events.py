@@ -12,7 +12,7 @@ from cigri import events as E
 from cigri.api.bodies import EventIn, body_of, request_body
 from cigri.api.core import accepted, created, flag, int_id, int_param, link, not_found, render
 from cigri.api.state import Api, get_api
-from cigri.db import api_queries as Q
+from cigri.db import events as dbevents
 
 router = APIRouter()
 ApiDep = Annotated[Api, Depends(get_api)]
@@ -24,7 +24,7 @@ def list_events(request: Request, api: ApiDep, limit: str | None = Query(None), 
     lim = int_param(limit, "limit", 100) or 100
     off = int_param(offset, "offset", 0)
     with api.engine.connect() as conn:
-        items, total = Q.global_events(conn, lim, off)
+        items, total = dbevents.global_events(conn, lim, off)
     if not items:
         raise not_found("No global events")
     return render(request, 200, {"items": items, "total": total, "offset": off}, "DELETE,GET,POST,PUT")
@@ -46,7 +46,7 @@ def get_event(request: Request, api: ApiDep, eid: str, pretty_: str | None = Que
               ) -> Response:
     i = int_id(eid)
     with api.engine.connect() as conn:
-        ev = Q.event_representation(conn, i)
+        ev = dbevents.event_representation(conn, i)
         if ev is None:
             raise not_found(f"Event {i} not found")
         if ev["campaign_id"] is not None:

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from cigri.api.core import bad, link, render
 from cigri.api.state import Api, get_api
-from cigri.db import api_queries as Q
+from cigri.db import usage
 
 router = APIRouter()
 ApiDep = Annotated[Api, Depends(get_api)]
@@ -30,7 +30,7 @@ def gridusage(request: Request, api: ApiDep, pretty_: str | None = Query(None, a
               from_: str | None = Query(None, alias="from"), to: str | None = Query(None)) -> Response:
     f, t = _epoch(from_, "from"), _epoch(to, "to")
     with api.engine.connect() as conn:
-        items = Q.gridusage(conn, f, t)
+        items = usage.gridusage(conn, f, t)
     return render(request, 200, {"items": items, "from": from_, "to": to, "total": len(items),
                                  "links": [link(request, "self", "/gridusage"), link(request, "parent", "/")]},
                   "GET")

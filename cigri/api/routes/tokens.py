@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from cigri.api.bodies import ClusterToken, body_of, request_body
 from cigri.api.core import accepted, created, forbidden, int_id, link, not_found, render
 from cigri.api.state import Api, get_api
-from cigri.db import api_queries as Q
+from cigri.db import clusters as dbclusters
 from cigri.db.engine import transaction
 
 router = APIRouter()
@@ -20,7 +20,7 @@ ADMIN_TOKEN_LOGIN = "oar"
 
 
 def _jwt_cluster(conn: object, cluster_id: int, shown: object) -> None:
-    kind = Q.cluster_auth_type(conn, cluster_id)  # type: ignore[arg-type]
+    kind = dbclusters.cluster_auth_type(conn, cluster_id)  # type: ignore[arg-type]
     if kind is None:
         raise not_found(f"Cluster {shown} not found")
     if kind != "jwt":
@@ -31,7 +31,7 @@ def _jwt_cluster(conn: object, cluster_id: int, shown: object) -> None:
 def tokens(request: Request, api: ApiDep, pretty_: str | None = Query(None, alias="pretty")) -> Response:
     login = api.policy.acts_as(api.policy.user(request), ADMIN_TOKEN_LOGIN)
     with api.engine.connect() as conn:
-        items = Q.list_tokens(conn, login)
+        items = dbclusters.list_tokens(conn, login)
     return render(request, 200, {"items": items, "links": [link(request, "self", "/tokens/")]}, "GET")
 
 
@@ -46,7 +46,7 @@ async def post_token(request: Request, api: ApiDep) -> Response:
     def _do() -> None:
         with transaction(api.engine) as conn:
             _jwt_cluster(conn, cl_id, body.cluster_id)
-            Q.upsert_token(conn, login, cl_id, token)
+            dbclusters.upsert_token(conn, login, cl_id, token)
 
     await run_in_threadpool(_do)
     return created(request, "New token registered")
@@ -59,6 +59,6 @@ def delete_token(request: Request, api: ApiDep, clid: str) -> Response:
     i = int_id(clid)
     with transaction(api.engine) as conn:
         _jwt_cluster(conn, i, i)
-        if not Q.delete_token(conn, login, i):
+        if not dbclusters.delete_token(conn, login, i):
             raise not_found(f"No token registered on cluster {i}")
     return accepted(request, "Token removed", "Deleted")
