@@ -12,7 +12,7 @@ header. Usage::
         ids = register_testbed_clusters(pg_engine)          # {"c1": 1, "c2": 2, "c3": 3}
         set_stress("c2", 0.9)                                 # c2 now reports GLOBAL_STRESS 0.9
 
-Rules for sharing the testbed (several engineers and CI run on it at once):
+Rules for sharing the testbed (several test sessions may run on it at once):
 - always reset what you change (`set_stress(name, 0)`, `api_start(name)`) in a `finally`;
 - `api_stop` makes the cluster unreachable for everybody: keep that window short;
 - never assert timings; OAR jobs take 3-10 s (more under load): poll with deadlines >= 120 s.

@@ -160,10 +160,6 @@ class Notifier:
                 self._xmpp = XmppSession(self.conf.get("NOTIFICATIONS_XMPP_IDENTITY"),
                                          self.conf.get("NOTIFICATIONS_XMPP_PASSWORD"), server,
                                          int(self.conf.get("NOTIFICATIONS_XMPP_PORT")))
-            except ImportError:
-                log.error("XMPP notifications need the slixmpp package, which is not installed")
-                self._xmpp_down = FAILED
-                return FAILED
             except XmppError as e:
                 log.error("No XMPP notifications in this pass: %s", e)
                 self._xmpp_down = UNREACHABLE if e.transient else FAILED

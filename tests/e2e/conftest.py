@@ -34,14 +34,6 @@ BIN = Path(sys.executable).parent
 WORK = Path("/home/alice/cigri_e2e")
 
 
-def has_module(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-        return True
-    except ImportError:
-        return False
-
-
 def wait_for(what: str, cond: Callable[[], Any], timeout: float = 180, every: float = 0.5,
              diag: Callable[[], Any] | None = None) -> Any:
     """Poll until cond() is truthy (generous deadlines: OAR is slow on a loaded machine)."""
@@ -67,7 +59,7 @@ class Grid:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.almighty = has_module("cigri.modules.almighty") and not os.environ.get("CIGRI_E2E_NO_ALMIGHTY")
+        self.almighty = not os.environ.get("CIGRI_E2E_NO_ALMIGHTY")
 
     # -- processes
     def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -116,23 +108,14 @@ class Grid:
             self.start_runner(name)  # almighty would restart it
 
     def _periodic(self) -> None:
-        mods = []
-        for m in ("cigri.engine.metascheduler", "cigri.engine.updator", "cigri.engine.nikita"):
-            if has_module(m):
-                mods.append(importlib.import_module(m))
-        from cigri.engine import colombo
-
+        mods = [importlib.import_module(m) for m in ("cigri.engine.metascheduler", "cigri.engine.updator",
+                                                      "cigri.engine.nikita")]
         while not self._stop.is_set():
             for m in mods:
                 try:
                     m.run_once(self.engine, self.conf)
                 except Exception as e:  # noqa: BLE001
                     print(f"{m.__name__}: {e}", file=sys.stderr)
-            if not has_module("cigri.engine.updator"):
-                try:
-                    colombo.autofix_clusters(self.engine, self.conf)
-                except Exception as e:  # noqa: BLE001
-                    print(f"autofix: {e}", file=sys.stderr)
             self._stop.wait(1.0)
 
     def stop(self) -> None:

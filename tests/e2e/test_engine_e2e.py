@@ -9,7 +9,7 @@ import pytest
 
 from cigri.campaigns import cancel_campaign, submit_campaign
 from cigri.db.events import close_event, cluster_blacklisted
-from tests.e2e.conftest import WORK, Grid, has_module, script, wait_for
+from tests.e2e.conftest import WORK, Grid, script, wait_for
 
 pytestmark = [pytest.mark.oar, pytest.mark.slow]
 
@@ -82,7 +82,6 @@ def test_best_effort_jobs_killed_by_normal_jobs_are_resubmitted(grid: Grid) -> N
     assert all(e["state"] == "closed" for e in grid.events(cid, "RESUBMIT"))
 
 
-@pytest.mark.skipif(not has_module("cigri.engine.nikita"), reason="nikita not available")
 def test_cancel_kills_the_jobs_on_oar(grid: Grid) -> None:
     from cigri.clusters import get_adapter
     from cigri.db.clusters import get_cluster

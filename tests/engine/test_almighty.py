@@ -1,6 +1,6 @@
 """Almighty with real subprocesses: the real judas, meta-scheduler, updator and
-nikita loops; runners and colombo replaced by a small stand-in process (they belong to
-engine part A and are tested there), so supervision is tested on its own."""
+nikita loops; runners and colombo replaced by a small stand-in process (tests/engine/test_runner.py and
+test_colombo.py test them), so supervision is tested on its own."""
 
 from __future__ import annotations
 

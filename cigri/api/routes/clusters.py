@@ -23,7 +23,7 @@ def adapter_for(api: Api, info: Any, mapping: dict[str, str]) -> Any:
 
     try:
         return get_adapter(info, api.conf, mapping)
-    except (ImportError, ClusterAPIError) as e:
+    except ClusterAPIError as e:
         raise ApiError(400, "Error", f"Cluster {info.name} cannot be reached: {e}") from None
 
 
